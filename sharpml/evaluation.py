@@ -1,0 +1,83 @@
+"""Pose accuracy of a reconstruction against the ground truth of a synthetic scene.
+
+SfM recovers cameras only up to a similarity (scale, rotation, translation), so estimated camera
+centres are aligned to the true ones first (Umeyama's least-squares similarity), then compared.
+Errors are reported relative to the scene's size so that thresholds read as "a few per cent".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+from sharpml.intake import load_manifest
+from sharpml.layout import JobDir
+from sharpml.synthetic import load_ground_truth
+
+
+@dataclass(frozen=True)
+class PoseAccuracy:
+    matched: int
+    total: int
+    #: Camera-centre errors after alignment, as fractions of the scene size.
+    mean_error: float
+    max_error: float
+    #: Rotation errors in degrees after alignment.
+    mean_rotation_error_deg: float
+
+    def summary(self) -> str:
+        return (
+            f"{self.matched}/{self.total} cameras, centre error mean {self.mean_error:.2%} / "
+            f"max {self.max_error:.2%} of scene size, rotation error {self.mean_rotation_error_deg:.2f} deg"
+        )
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity (s, R, t) minimising ``|| dst - (s R src + t) ||`` over corresponding rows."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    cov = xd.T @ xs / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[2, 2] = -1
+    rot = u @ sign @ vt
+    var_s = (xs**2).sum() / len(src)
+    scale = float(np.trace(np.diag(d) @ sign) / var_s)
+    return scale, rot, mu_d - scale * rot @ mu_s
+
+
+def evaluate_job(job: JobDir, ground_truth: Path, scene_size: float | None = None) -> PoseAccuracy:
+    """Compare a job's reconstruction (``colmap/scene/sparse/0``) with the rendered cameras."""
+    import json
+
+    gt = load_ground_truth(ground_truth)
+    size = scene_size or json.loads(Path(ground_truth).read_text())["scene_size"]
+    source_of = {img.name: img.source_name for img in load_manifest(job)}
+    rec = pycolmap.Reconstruction(job.scene / "sparse" / "0")
+    names, est_c, est_r = [], [], []
+    for image in rec.images.values():
+        if not image.has_pose:
+            continue
+        src = source_of.get(image.name)
+        if src in gt:
+            names.append(src)
+            pose = image.cam_from_world()
+            est_r.append(pose.rotation.matrix())
+            est_c.append(image.projection_center())
+    if len(names) < 3:
+        raise ValueError(f"only {len(names)} cameras registered; cannot align")
+    true_c = np.array([gt[n].center for n in names])
+    s, rot, t = umeyama(np.array(est_c), true_c)
+    aligned = (s * (rot @ np.array(est_c).T)).T + t
+    err = np.linalg.norm(aligned - true_c, axis=1) / size
+    rot_err = []
+    for n, r_est in zip(names, est_r, strict=True):
+        # Estimated world->cam composed with the alignment must equal the true world->cam.
+        r_delta = gt[n].R @ (r_est @ rot.T).T
+        angle = np.degrees(np.arccos(np.clip((np.trace(r_delta) - 1) / 2, -1, 1)))
+        rot_err.append(angle)
+    return PoseAccuracy(len(names), len(gt), float(err.mean()), float(err.max()), float(np.mean(rot_err)))

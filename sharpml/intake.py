@@ -1,0 +1,419 @@
+"""Upload validation and sanitisation, shared by the API and the CLI.
+
+A set of uploaded files is accepted whole or rejected whole, with one clear problem per offending
+file (``IMG_0042.jpg: content is PNG but extension says JPEG``). Rules (the seed's "Input
+Validation"): JPEG, PNG or HEIC only, the type read from the bytes and agreeing with the extension;
+per-file and per-set size limits; 5-100 photos; dimensions checked from the header before any pixel
+is decoded; a full decode to prove integrity. Accepted photos are stored under server-chosen names
+with the EXIF orientation applied to the pixels and every piece of metadata dropped; the focal
+length, which structure-from-motion can use, is kept in the job's ``intake.json`` instead.
+
+A set is written into a staging directory and renamed into place only when every file is stored,
+so a rejected or interrupted set leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import stat
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import magic
+import pillow_heif
+from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
+
+from sharpml.config import MB, IntakeLimits
+from sharpml.layout import DataDir, JobDir, create_file, make_dir, open_dir
+from sharpml.progress import ProgressHook, no_progress
+
+pillow_heif.register_heif_opener()
+
+#: Accepted kinds: the decoder class that may read each (no other decoder is ever tried), the
+#: extensions that may name it, and the format it is stored in (COLMAP cannot read HEIC).
+_KINDS: dict[str, tuple[type[ImageFile.ImageFile], tuple[str, ...], str]] = {
+    "JPEG": (JpegImagePlugin.JpegImageFile, (".jpg", ".jpeg"), "JPEG"),
+    "PNG": (PngImagePlugin.PngImageFile, (".png",), "PNG"),
+    "HEIC": (pillow_heif.HeifImageFile, (".heic", ".heif"), "JPEG"),
+}
+_MIME_KIND = {"image/jpeg": "JPEG", "image/png": "PNG", "image/heic": "HEIC", "image/heif": "HEIC"}
+_EXT_KIND = {ext: kind for kind, (_, exts, _) in _KINDS.items() for ext in exts}
+_STORED_EXT = {"JPEG": ".jpg", "PNG": ".png"}
+_HEAD_BYTES = 8192
+_EXIF_IFD = 0x8769
+_FOCAL_LENGTH = 0x920A
+_FOCAL_LENGTH_35MM = 0xA405
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file offered for intake: the client's name (used only in messages) and its bytes on disk."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a file (or, with ``file=None``, the whole set) is rejected. ``rule`` is machine-readable."""
+
+    file: str | None
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.message}" if self.file is not None else self.message
+
+
+class IntakeRejected(Exception):
+    """The set was rejected; nothing was stored. ``problems`` has one entry per offending file."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An accepted photo as stored, and what intake kept of its metadata."""
+
+    name: str
+    source_name: str
+    source_format: str
+    format: str
+    width: int
+    height: int
+    bytes: int
+    focal_length_mm: float | None = None
+    focal_length_35mm: float | None = None
+    #: Focal length in pixels derived from the 35 mm equivalent: a prior for SfM.
+    focal_px: float | None = None
+
+
+@dataclass
+class IntakeResult:
+    """An accepted, stored set."""
+
+    job: JobDir
+    images: list[StoredImage]
+    bytes_in: int
+    seconds: float
+    created: float = field(default_factory=time.time)
+
+    def manifest(self) -> dict:
+        return {
+            "job_id": self.job.id,
+            "created": self.created,
+            "bytes_in": self.bytes_in,
+            "images": [asdict(img) for img in self.images],
+        }
+
+
+def load_manifest(job: JobDir) -> list[StoredImage]:
+    """The images intake stored for ``job``, as recorded in its ``intake.json``."""
+    data = json.loads(job.intake_manifest.read_text())
+    return [StoredImage(**img) for img in data["images"]]
+
+
+def display_name(name: str) -> str:
+    """A client file name made safe to print: control characters escaped, never used as a path."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name) or "(unnamed)"
+
+
+def _natural_key(name: str) -> list[object]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Inspected:
+    """What the cheap, header-only pass learned about one upload."""
+
+    upload: Upload
+    kind: str = ""
+    size: int = 0
+    width: int = 0
+    height: int = 0
+    problem: Problem | None = None
+
+
+def _human_mb(n: int) -> str:
+    return f"{n / MB:.1f} MB"
+
+
+def _open_upload(upload: Upload) -> io.BufferedReader:
+    """Open the upload's bytes, refusing symlinks and anything that is not a regular file."""
+    fd = os.open(upload.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(f"{upload.path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _inspect(upload: Upload, limits: IntakeLimits) -> _Inspected:
+    """Size, type and dimensions from the file header; no pixel is decoded here."""
+    name = display_name(upload.name)
+    result = _Inspected(upload)
+
+    def fail(rule: str, message: str) -> _Inspected:
+        result.problem = Problem(name, rule, message)
+        return result
+
+    try:
+        fh = _open_upload(upload)
+    except OSError as exc:
+        if os.path.islink(upload.path):
+            return fail("symlink", "is a symbolic link; upload the photo itself")
+        return fail("unreadable", f"cannot be read ({exc.strerror or exc})")
+    with fh:
+        result.size = os.fstat(fh.fileno()).st_size
+        ext = os.path.splitext(upload.name)[1].lower()
+        ext_kind = _EXT_KIND.get(ext)
+        if ext_kind is None:
+            shown = f"extension {ext!r}" if ext else "no extension"
+            return fail("extension", f"has {shown}; only .jpg, .jpeg, .png, .heic and .heif are accepted")
+        if result.size == 0:
+            return fail("empty", "is empty")
+        if result.size > limits.max_file_bytes:
+            return fail(
+                "file-size",
+                f"is {_human_mb(result.size)}, over the {_human_mb(limits.max_file_bytes)} per-file limit",
+            )
+        head = fh.read(_HEAD_BYTES)
+        mime = magic.from_buffer(head, mime=True)
+        kind = _MIME_KIND.get(mime)
+        if kind is None:
+            what = mime.split("/")[-1].upper() if mime.startswith("image/") else f"not an image ({mime})"
+            return fail("type", f"content is {what}; only JPEG, PNG and HEIC photos are accepted")
+        if kind != ext_kind:
+            return fail("type-mismatch", f"content is {kind} but extension says {ext_kind}")
+        result.kind = kind
+        fh.seek(0)
+        decoder = _KINDS[kind][0]
+        try:
+            # The decoder class itself parses only the header: no pixels, bounded memory.
+            with decoder(fh) as img:
+                result.width, result.height = img.size
+        except Exception as exc:  # Pillow raises many types for malformed headers
+            return fail("corrupt", f"has a malformed {kind} header ({_reason(exc)})")
+    d = limits.max_dimension
+    if result.width > d or result.height > d:
+        return fail("dimensions", f"{result.width}x{result.height} exceeds the {d}x{d} limit")
+    return result
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text[:200]
+
+
+def _check_set(inspected: Sequence[_Inspected], limits: IntakeLimits) -> list[Problem]:
+    """Set-level rules, then each file's first problem."""
+    problems: list[Problem] = []
+    n = len(inspected)
+    if n < limits.min_images:
+        problems.append(
+            Problem(None, "count", f"{n} photos uploaded; at least {limits.min_images} are needed")
+        )
+    elif n > limits.max_images:
+        problems.append(
+            Problem(None, "count", f"{n} photos uploaded; at most {limits.max_images} are accepted")
+        )
+    total = sum(i.size for i in inspected)
+    if total > limits.max_set_bytes:
+        problems.append(
+            Problem(
+                None,
+                "set-size",
+                f"the photos total {_human_mb(total)}, over the {_human_mb(limits.max_set_bytes)} limit",
+            )
+        )
+    seen: set[str] = set()
+    for i in inspected:
+        if i.problem is None and i.upload.name in seen:
+            i.problem = Problem(display_name(i.upload.name), "duplicate", "appears more than once in the set")
+        seen.add(i.upload.name)
+    problems.extend(i.problem for i in inspected if i.problem is not None)
+    return problems
+
+
+# --- decoding and normalising ---------------------------------------------------------------------
+
+
+def _focal_prior(exif: Image.Exif, width: int, height: int) -> tuple[float | None, float | None, float | None]:
+    """(focal mm, 35 mm equivalent, focal in pixels) from EXIF, ignoring implausible values."""
+    sub = exif.get_ifd(_EXIF_IFD)
+
+    def number(tag: int) -> float | None:
+        try:
+            value = float(sub.get(tag))
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        return value if value > 0 else None
+
+    mm = number(_FOCAL_LENGTH)
+    f35 = number(_FOCAL_LENGTH_35MM)
+    if f35 is not None and not 8 <= f35 <= 600:
+        f35 = None
+    f_px = f35 / 36.0 * max(width, height) if f35 else None
+    return mm, f35, f_px
+
+
+def _decode_normalised(insp: _Inspected) -> tuple[Image.Image, Image.Exif]:
+    """Decode every pixel (proving integrity), apply EXIF orientation, convert to 8-bit sRGB RGB."""
+    with _open_upload(insp.upload) as fh:
+        img = _KINDS[insp.kind][0](fh)
+        img.load()
+        exif = img.getexif()
+        icc = img.info.get("icc_profile")
+        upright = ImageOps.exif_transpose(img)
+    if icc:
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            upright = ImageCms.profileToProfile(upright.convert("RGB"), src, _SRGB, outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError):
+            pass  # a broken profile is dropped like the rest of the metadata
+    if upright.mode != "RGB":
+        if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
+            upright = upright.point(lambda v: v / 256).convert("L")
+        upright = upright.convert("RGB")
+    upright.info = {}  # nothing of the original's metadata may travel to the stored file
+    return upright, exif
+
+
+def _store_one(
+    insp: _Inspected, index: int, images_fd: int | None
+) -> tuple[StoredImage | None, Problem | None]:
+    name = display_name(insp.upload.name)
+    try:
+        img, exif = _decode_normalised(insp)
+    except Exception as exc:  # any decoder failure means a damaged file
+        return None, Problem(name, "corrupt", f"could not be decoded ({_reason(exc)}); it is truncated or corrupt")
+    stored_format = _KINDS[insp.kind][2]
+    stored_name = f"{index:04d}{_STORED_EXT[stored_format]}"
+    mm, f35, f_px = _focal_prior(exif, *img.size)
+    size = 0
+    if images_fd is not None:
+        fd = create_file(images_fd, stored_name)
+        with os.fdopen(fd, "wb") as out:
+            if stored_format == "JPEG":
+                img.save(out, "JPEG", quality=95)
+            else:
+                img.save(out, "PNG", compress_level=3)
+            size = out.tell()
+    stored = StoredImage(
+        name=stored_name,
+        source_name=name,
+        source_format=insp.kind,
+        format=stored_format,
+        width=img.width,
+        height=img.height,
+        bytes=size,
+        focal_length_mm=mm,
+        focal_length_35mm=f35,
+        focal_px=f_px,
+    )
+    return stored, None
+
+
+def _process(
+    uploads: Sequence[Upload],
+    limits: IntakeLimits,
+    images_fd: int | None,
+    progress: ProgressHook,
+    workers: int,
+) -> tuple[list[StoredImage], list[Problem]]:
+    """Inspect, check the set, then decode (and store, given a directory) in natural name order."""
+    inspected = [_inspect(u, limits) for u in uploads]
+    problems = _check_set(inspected, limits)
+    if problems:
+        return [], problems
+    ordered = sorted(inspected, key=lambda i: _natural_key(i.upload.name))
+    results: list[tuple[StoredImage | None, Problem | None]] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(_store_one, insp, i + 1, images_fd) for i, insp in enumerate(ordered)]
+        for n, fut in enumerate(futures, start=1):
+            results.append(fut.result())
+            progress("intake", n / len(futures), f"{n}/{len(futures)} photos checked")
+    stored = [s for s, _ in results if s is not None]
+    problems = [p for _, p in results if p is not None]
+    return stored, problems
+
+
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def validate(
+    uploads: Sequence[Upload],
+    limits: IntakeLimits | None = None,
+    *,
+    progress: ProgressHook = no_progress,
+    workers: int | None = None,
+) -> list[Problem]:
+    """Apply every intake rule without storing anything; returns the problems (empty if accepted)."""
+    limits = limits or IntakeLimits.from_env()
+    _, problems = _process(uploads, limits, None, progress, workers or _default_workers())
+    return problems
+
+
+def ingest(
+    uploads: Sequence[Upload],
+    data_dir: DataDir,
+    limits: IntakeLimits | None = None,
+    *,
+    job_id: str | None = None,
+    progress: ProgressHook = no_progress,
+    workers: int | None = None,
+) -> IntakeResult:
+    """Validate and store a set as a new job; raises :class:`IntakeRejected` with nothing stored."""
+    limits = limits or IntakeLimits.from_env()
+    started = time.monotonic()
+    data_dir.ensure()
+    staging = data_dir.staging(job_id or str(uuid.uuid4()))
+    with open_dir(data_dir.jobs) as jobs_fd:
+        make_dir(jobs_fd, staging.root.name)
+    try:
+        with open_dir(staging.root) as job_fd:
+            for sub in ("images", "colmap", "output"):
+                make_dir(job_fd, sub)
+            with open_dir(staging.images) as images_fd:
+                stored, problems = _process(uploads, limits, images_fd, progress, workers or _default_workers())
+            if problems:
+                raise IntakeRejected(problems)
+            result = IntakeResult(
+                staging, stored, sum(os.stat(u.path).st_size for u in uploads), time.monotonic() - started
+            )
+            fd = create_file(job_fd, "intake.json")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(result.manifest(), fh, indent=1)
+        result.job = data_dir.publish(staging)
+        return result
+    except BaseException:
+        data_dir.remove_job(staging)
+        raise
+
+
+def uploads_from_paths(paths: Sequence[Path]) -> list[Upload]:
+    """Uploads for local files (the CLI): a directory stands for the files directly inside it."""
+    uploads: list[Upload] = []
+    for p in map(Path, paths):
+        if p.is_dir() and not p.is_symlink():
+            children = sorted(c for c in p.iterdir() if not c.name.startswith(".") and not c.is_dir())
+            uploads.extend(Upload(c.name, c) for c in children)
+        else:
+            uploads.append(Upload(p.name, p))
+    return uploads
