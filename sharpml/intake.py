@@ -253,7 +253,9 @@ def _check_set(inspected: Sequence[_Inspected], limits: IntakeLimits) -> list[Pr
 # --- decoding and normalising ---------------------------------------------------------------------
 
 
-def _focal_prior(exif: Image.Exif, width: int, height: int) -> tuple[float | None, float | None, float | None]:
+def _focal_prior(
+    exif: Image.Exif, width: int, height: int
+) -> tuple[float | None, float | None, float | None]:
     """(focal mm, 35 mm equivalent, focal in pixels) from EXIF, ignoring implausible values."""
     sub = exif.get_ifd(_EXIF_IFD)
 
@@ -301,7 +303,9 @@ def _store_one(
     try:
         img, exif = _decode_normalised(insp)
     except Exception as exc:  # any decoder failure means a damaged file
-        return None, Problem(name, "corrupt", f"could not be decoded ({_reason(exc)}); it is truncated or corrupt")
+        return None, Problem(
+            name, "corrupt", f"could not be decoded ({_reason(exc)}); it is truncated or corrupt"
+        )
     stored_format = _KINDS[insp.kind][2]
     stored_name = f"{index:04d}{_STORED_EXT[stored_format]}"
     mm, f35, f_px = _focal_prior(exif, *img.size)
@@ -391,7 +395,9 @@ def ingest(
             for sub in ("images", "colmap", "output"):
                 make_dir(job_fd, sub)
             with open_dir(staging.images) as images_fd:
-                stored, problems = _process(uploads, limits, images_fd, progress, workers or _default_workers())
+                stored, problems = _process(
+                    uploads, limits, images_fd, progress, workers or _default_workers()
+                )
             if problems:
                 raise IntakeRejected(problems)
             result = IntakeResult(

@@ -205,7 +205,9 @@ def _map(
             registered += 1
             progress("map", min(registered / n, 0.99), f"placed {registered}/{n} photos")
 
-        recs = pycolmap.incremental_mapping(db_path, job.images, sparse, options=inc, next_image_callback=next_image)
+        recs = pycolmap.incremental_mapping(
+            db_path, job.images, sparse, options=inc, next_image_callback=next_image
+        )
     progress("map", 1.0, "mapping done")
     return recs
 
@@ -239,7 +241,9 @@ def _undistort(job: JobDir, sparse_model: Path, opts: SfmOptions) -> None:
     scene = job.scene
     if scene.exists():
         shutil.rmtree(scene)
-    pycolmap.undistort_images(scene, sparse_model, job.images, output_type="COLMAP", num_threads=opts.num_threads)
+    pycolmap.undistort_images(
+        scene, sparse_model, job.images, output_type="COLMAP", num_threads=opts.num_threads
+    )
     sparse0 = scene / "sparse" / "0"
     sparse0.mkdir(parents=True, exist_ok=True)
     for f in (scene / "sparse").iterdir():

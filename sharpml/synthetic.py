@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,7 +186,9 @@ def orbit_cameras(
     return cams
 
 
-def render(scene: Scene, camera: Camera, *, supersample: int = 2, noise_seed: int | None = None) -> np.ndarray:
+def render(
+    scene: Scene, camera: Camera, *, supersample: int = 2, noise_seed: int | None = None
+) -> np.ndarray:
     """Ray-cast ``scene`` through ``camera``; returns an (H, W, 3) uint8 image."""
     s = supersample
     w, h = camera.width * s, camera.height * s
@@ -307,6 +309,7 @@ def write_dataset(
     seed: int = 7,
     formats: Sequence[str] = ("jpg",),
     supersample: int = 2,
+    progress: Callable[[int], object] | None = None,
 ) -> Dataset:
     """Render ``n`` photos into ``out_dir/photos`` and write ``out_dir/ground_truth.json``.
 
@@ -324,6 +327,8 @@ def write_dataset(
         name = f"IMG_{1001 + i:04d}.{fmt}"
         save_photo(img, photos / name, exif=phone_exif(cam, i))
         names.append(name)
+        if progress is not None:
+            progress(1)
     gt = {
         "seed": seed,
         "scene_size": scene.size,

@@ -1,0 +1,275 @@
+"""``sharpml``: the whole job on one machine, and the tools around it.
+
+Exit codes: 0 success; 1 unexpected error; 2 usage error; 3 photos rejected by intake;
+4 reconstruction rejected by the quality gate; 5 COLMAP failed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+import pycolmap
+from tqdm import tqdm
+
+from sharpml import intake, sfm, splat
+from sharpml.config import MB, ConfigError, IntakeLimits
+from sharpml.layout import DataDir, JobDir
+
+EXIT_REJECTED = 3
+EXIT_QUALITY_GATE = sfm.EXIT_QUALITY_GATE
+EXIT_SFM_FAILED = 5
+
+_STAGE_TITLES = {
+    "intake": "checking photos",
+    "extract": "finding features",
+    "match": "matching photos",
+    "map": "placing cameras",
+    "undistort": "undistorting",
+}
+
+
+class ProgressBars:
+    """A progress hook: one tqdm bar per stage on a terminal, one line per finished stage otherwise."""
+
+    def __init__(self, stream=None) -> None:  # type: ignore[no-untyped-def]
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty()
+        self.stage = ""
+        self.bar: tqdm | None = None
+        self.last_message = ""
+
+    def __call__(self, stage: str, fraction: float, message: str = "") -> None:
+        if stage == "done":
+            self.close()
+            return
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            if self.interactive:
+                title = _STAGE_TITLES.get(stage, stage)
+                self.bar = tqdm(total=100, desc=f"{title:>17}", file=self.stream, leave=True, bar_format=_BAR)
+        self.last_message = message
+        if self.bar is not None:
+            self.bar.n = round(fraction * 100)
+            self.bar.set_postfix_str(message, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.n = self.bar.total
+            self.bar.close()
+            self.bar = None
+        elif self.stage and not self.interactive:
+            click.echo(f"  {_STAGE_TITLES.get(self.stage, self.stage)}: {self.last_message}", err=True)
+        self.stage = ""
+
+
+_BAR = "{desc} {percentage:3.0f}%|{bar:30}| {elapsed} {postfix}"
+
+
+def _limits() -> IntakeLimits:
+    try:
+        return IntakeLimits.from_env()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _report_rejection(exc: intake.IntakeRejected) -> None:
+    click.secho(f"✘ {len(exc.problems)} problem(s); nothing was stored:", fg="red", err=True)
+    for problem in exc.problems:
+        click.echo(f"  {problem}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sharpml")
+def cli() -> None:
+    """SharpML: phone photos in, a 3D Gaussian splat out."""
+
+
+@cli.command()
+@click.argument("photos", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help=".splat")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="SHARPML_DATA_DIR")
+@click.option("--matcher", type=click.Choice(sfm.MATCHERS), default="auto", show_default=True)
+@click.option("--mapper", type=click.Choice(sfm.MAPPERS), default="auto", show_default=True)
+@click.option("--max-image-size", type=click.IntRange(200, 8000), default=sfm.SfmOptions.max_image_size)
+@click.option("--threads", type=int, default=-1, help="Worker threads for COLMAP (-1: all cores).")
+@click.option("--verbose", is_flag=True, help="Show COLMAP's own log.")
+def process(
+    photos: tuple[Path, ...],
+    output: Path,
+    data_dir: Path | None,
+    matcher: str,
+    mapper: str,
+    max_image_size: int,
+    threads: int,
+    verbose: bool,
+) -> None:
+    """Run the whole job: intake -> structure from motion -> preview splat.
+
+    PHOTOS are image files or folders of them (5-100 JPEG, PNG or HEIC photos).
+    """
+    options = sfm.SfmOptions(
+        matcher=matcher, mapper=mapper, max_image_size=max_image_size, num_threads=threads
+    )
+    sys.exit(_run_job(list(photos), output, data_dir, options, verbose)[0])
+
+
+def _run_job(
+    photos: Sequence[Path], output: Path, data_dir: Path | None, options: sfm.SfmOptions, verbose: bool
+) -> tuple[int, JobDir | None]:
+    """The job behind ``process`` and ``demo``: returns (exit code, the job if one was stored)."""
+    if not verbose:
+        pycolmap.logging.minloglevel = 2
+    store = DataDir(data_dir) if data_dir else DataDir.from_env()
+    uploads = intake.uploads_from_paths(photos)
+    bars = ProgressBars()
+    t0 = time.monotonic()
+    try:
+        accepted = intake.ingest(uploads, store, _limits(), progress=bars)
+    except intake.IntakeRejected as exc:
+        bars.close()
+        _report_rejection(exc)
+        return EXIT_REJECTED, None
+    bars.close()
+    click.secho(
+        f"✔ {len(accepted.images)} photos accepted ({accepted.bytes_in / MB:.1f} MB), metadata stripped "
+        f"→ job {accepted.job.id} [{accepted.seconds:.1f} s]",
+        fg="green",
+        err=True,
+    )
+    try:
+        result = sfm.reconstruct(accepted.job, options, progress=bars)
+    except sfm.SfmError as exc:
+        bars.close()
+        click.secho(f"✘ {exc}", fg="red", err=True)
+        return EXIT_SFM_FAILED, accepted.job
+    bars.close()
+    timings = " · ".join(f"{k} {v:.1f} s" for k, v in result.timings.items() if k != "total")
+    if not result.ok:
+        click.secho(f"✘ reconstruction rejected: {result.reason}", fg="red", err=True)
+        if result.unregistered:
+            click.echo(f"  not placed: {', '.join(result.unregistered)}", err=True)
+        click.echo(f"  job files: {accepted.job.root}", err=True)
+        return EXIT_QUALITY_GATE, accepted.job
+    click.secho(
+        f"✔ structure from motion: {result.registered}/{result.total} photos placed, {result.points} points, "
+        f"mean reprojection error {result.mean_reprojection_error:.2f} px ({result.matcher} matching, "
+        f"{result.mapper} mapping)",
+        fg="green",
+        err=True,
+    )
+    click.echo(f"  {timings} · total {time.monotonic() - t0:.1f} s", err=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(accepted.job.preview_splat, output)
+    click.secho(
+        f"✔ preview splat (untrained: one gaussian per SfM point, {result.points} gaussians) → {output}",
+        fg="green",
+        err=True,
+    )
+    click.echo(f"  training-ready scene: {accepted.job.scene}", err=True)
+    return 0, accepted.job
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(files: tuple[Path, ...]) -> None:
+    """Check FILES (or folders of them) exactly as an upload is checked, set rules included."""
+    uploads = intake.uploads_from_paths(files)
+    problems = intake.validate(uploads, _limits())
+    if problems:
+        _report_rejection(intake.IntakeRejected(problems))
+        sys.exit(EXIT_REJECTED)
+    total = sum(u.path.stat().st_size for u in uploads)
+    click.secho(f"✔ {len(uploads)} photos would be accepted ({total / MB:.1f} MB)", fg="green")
+
+
+@cli.command()
+@click.argument("ply", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+def convert(ply: Path, out: Path) -> None:
+    """Convert a 3D Gaussian splatting PLY to the .splat format browsers load."""
+    t0 = time.monotonic()
+    try:
+        n = splat.ply_to_splat(ply, out)
+    except splat.SplatFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{n} gaussians → {out} ({n * 32 / MB:.1f} MB) in {time.monotonic() - t0:.2f} s")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(file: Path, as_json: bool) -> None:
+    """Summarise a .splat file and flag what a viewer would choke on."""
+    try:
+        info = splat.describe(splat.read_splat(file))
+    except splat.SplatFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        for key, value in info.items():
+            click.echo(f"{key:>15}: {value}")
+    if info["non_finite"]:
+        sys.exit(1)
+
+
+@cli.command("sample-photos")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-n", "--count", type=click.IntRange(2, 200), default=16, show_default=True)
+@click.option("--size", default="800x600", show_default=True, help="WIDTHxHEIGHT in pixels.")
+@click.option("--formats", default="jpg,heic", show_default=True, help="Comma-separated, cycled.")
+@click.option("--seed", type=int, default=7, show_default=True)
+def sample_photos(out_dir: Path, count: int, size: str, formats: str, seed: int) -> Path:
+    """Render a synthetic scene's photos (OUT_DIR/photos) and their true cameras."""
+    from sharpml.synthetic import write_dataset
+
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{size!r} is not WIDTHxHEIGHT", param_hint="--size") from None
+    fmts = tuple(f.strip().lower() for f in formats.split(",") if f.strip())
+    with tqdm(total=count, desc="rendering photos", file=sys.stderr, disable=None) as bar:
+        ds = write_dataset(out_dir, count, width, height, seed=seed, formats=fmts, progress=bar.update)
+    click.echo(f"{count} photos → {ds.photos_dir} (ground truth: {ds.ground_truth})", err=True)
+    return ds.photos_dir
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("-n", "--count", type=click.IntRange(5, 100), default=16, show_default=True)
+@click.option("--size", default="800x600", show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, out_dir: Path | None, count: int, size: str) -> None:
+    """Render sample photos, run the whole job on them, and score the poses against the truth."""
+    from sharpml.evaluation import evaluate_job
+
+    store = DataDir.from_env()
+    out_dir = out_dir or store.root / "demo"
+    if (out_dir / "photos").exists():
+        shutil.rmtree(out_dir / "photos")
+    click.secho(
+        f"SharpML demo: {count} synthetic phone photos ({size}, JPEG and HEIC with GPS EXIF)", bold=True
+    )
+    photos = ctx.invoke(sample_photos, out_dir=out_dir, count=count, size=size, formats="jpg,heic", seed=7)
+    output = out_dir / "scene.splat"
+    code, job = _run_job([photos], output, store.root, sfm.SfmOptions(), verbose=False)
+    if code or job is None:
+        sys.exit(code)
+    accuracy = evaluate_job(job, out_dir / "ground_truth.json")
+    click.secho(f"✔ pose accuracy vs ground truth: {accuracy.summary()}", fg="green", err=True)
+    click.echo(f"Open {output} in a .splat viewer (e.g. antimatter15/splat).")
+
+
+def main() -> None:
+    cli(prog_name="sharpml")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Shared fixtures for core tests: one small rendered scene per session, reused by every SfM test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sharpml.synthetic import Dataset, write_dataset
+
+#: Small enough for CI on two cores, large enough for COLMAP to place every camera.
+N_PHOTOS = 12
+SIZE = (640, 480)
+
+
+@pytest.fixture(scope="session")
+def scene_photos(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """Twelve photos of the synthetic scene, mixing JPEG, PNG and HEIC as phones produce them."""
+    out = tmp_path_factory.mktemp("scene")
+    return write_dataset(out, N_PHOTOS, *SIZE, formats=("jpg", "heic", "png"))
+
+
+def noise_photos(folder: Path, n: int, seed: int = 11) -> list[Path]:
+    """Photos of nothing in particular: blurred noise that shares no structure with any scene."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        small = rng.integers(0, 255, (SIZE[1] // 8, SIZE[0] // 8, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize(SIZE, Image.Resampling.BICUBIC)
+        path = folder / f"noise_{i:02d}.jpg"
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths

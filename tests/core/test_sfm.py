@@ -1,0 +1,143 @@
+"""Structure from motion on rendered scenes with known cameras: accuracy is asserted, not assumed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pycolmap
+import pytest
+
+from sharpml.evaluation import evaluate_job
+from sharpml.intake import Upload, ingest, uploads_from_paths
+from sharpml.layout import DataDir, JobDir
+from sharpml.progress import read_progress
+from sharpml.sfm import EXIT_QUALITY_GATE, SfmOptions, SfmResult, reconstruct
+from sharpml.splat import read_splat
+from sharpml.synthetic import Dataset
+
+from .conftest import N_PHOTOS, noise_photos
+
+pytestmark = pytest.mark.slow
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float, str]] = []
+
+    def __call__(self, stage: str, fraction: float, message: str = "") -> None:
+        self.calls.append((stage, fraction, message))
+
+
+@pytest.fixture(scope="module")
+def reconstructed(
+    scene_photos: Dataset, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[JobDir, SfmResult, Recorder]:
+    store = DataDir(tmp_path_factory.mktemp("data"))
+    job = ingest(uploads_from_paths([scene_photos.photos_dir]), store).job
+    progress = Recorder()
+    return job, reconstruct(job, SfmOptions(), progress), progress
+
+
+def test_every_photo_is_placed_accurately(reconstructed, scene_photos: Dataset) -> None:
+    job, result, _ = reconstructed
+    assert result.ok, result.reason
+    assert result.registered >= 0.9 * N_PHOTOS
+    accuracy = evaluate_job(job, scene_photos.ground_truth)
+    assert accuracy.matched == result.registered
+    assert accuracy.mean_error < 0.01, accuracy.summary()
+    assert accuracy.max_error < 0.02, accuracy.summary()
+    assert accuracy.mean_rotation_error_deg < 0.5, accuracy.summary()
+
+
+def test_result_summary_is_written_for_the_operator(reconstructed) -> None:
+    job, result, _ = reconstructed
+    on_disk = json.loads(job.sfm_result.read_text())
+    assert on_disk["ok"] is True and on_disk["reason"] is None
+    assert on_disk["registered"] == result.registered and on_disk["total"] == N_PHOTOS
+    assert on_disk["points"] > 300 and 0 < on_disk["mean_reprojection_error"] < 1.0
+    assert on_disk["matcher"] == "exhaustive" and on_disk["mapper"] == "incremental"
+    assert set(on_disk["timings"]) >= {"extract", "match", "map", "undistort", "preview", "total"}
+    assert SfmResult.read(job.sfm_result) == result
+
+
+def test_scene_is_in_the_layout_trainers_read(reconstructed) -> None:
+    job, result, _ = reconstructed
+    sparse0 = job.scene / "sparse" / "0"
+    assert {"cameras.bin", "images.bin", "points3D.bin"} <= {p.name for p in sparse0.iterdir()}
+    assert len(list((job.scene / "images").iterdir())) == result.registered
+    assert not (job.scene / "stereo").exists()
+    rec = pycolmap.Reconstruction(sparse0)
+    assert {cam.model.name for cam in rec.cameras.values()} == {"PINHOLE"}
+    assert rec.num_points3D() == result.points
+
+
+def test_exif_focal_length_is_used_as_a_prior(reconstructed, scene_photos: Dataset) -> None:
+    job, _, _ = reconstructed
+    with pycolmap.Database.open(job.colmap / "database.db") as db:
+        cameras = db.read_all_cameras()
+    # JPEG and HEIC photos carry a focal length and share one camera; PNGs carry none.
+    with_prior = [c for c in cameras if c.has_prior_focal_length]
+    assert len(cameras) == 2 and len(with_prior) == 1
+    exif_focal = 26 / 36 * 640  # FocalLengthIn35mmFilm 26 (rounded by the "phone")
+    assert with_prior[0].params[0] == pytest.approx(exif_focal, rel=1e-3)
+    rec = pycolmap.Reconstruction(job.colmap / "sparse" / "0")
+    true_focal = scene_photos.cameras[0].focal_px
+    for cam in rec.cameras.values():
+        assert cam.params[0] == pytest.approx(true_focal, rel=0.02)
+
+
+def test_preview_splat_has_one_gaussian_per_point(reconstructed) -> None:
+    job, result, _ = reconstructed
+    records = read_splat(job.preview_splat)
+    assert len(records) == result.points
+    assert (records["scale"] > 0).all()
+
+
+def test_progress_moves_through_the_stages(reconstructed) -> None:
+    job, _, progress = reconstructed
+    stages = [s for s, _, _ in progress.calls]
+    order = [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s]
+    assert order == ["extract", "match", "map", "undistort", "done"]
+    extract = [f for s, f, _ in progress.calls if s == "extract"]
+    assert len(extract) >= 3 and extract == sorted(extract) and extract[-1] == 1.0
+    assert any(m.startswith("placed ") for s, _, m in progress.calls if s == "map")
+
+
+@pytest.mark.parametrize(("matcher", "mapper"), [("sequential", "incremental"), ("exhaustive", "global")])
+def test_other_matchers_and_mappers(scene_photos: Dataset, tmp_path: Path, matcher: str, mapper: str) -> None:
+    job = ingest(uploads_from_paths([scene_photos.photos_dir]), DataDir(tmp_path)).job
+    result = reconstruct(job, SfmOptions(matcher=matcher, mapper=mapper, num_threads=2))
+    assert result.ok, result.reason
+    assert (result.matcher, result.mapper) == (matcher, mapper)
+    accuracy = evaluate_job(job, scene_photos.ground_truth)
+    assert accuracy.matched >= 0.9 * N_PHOTOS
+    assert accuracy.mean_error < 0.02, accuracy.summary()
+
+
+def test_quality_gate_names_the_photos_it_could_not_place(scene_photos: Dataset, tmp_path: Path) -> None:
+    scene = sorted(scene_photos.photos_dir.iterdir())[:7]
+    noise = noise_photos(tmp_path / "noise", 4)
+    job = ingest([Upload(p.name, p) for p in [*scene, *noise]], DataDir(tmp_path / "data")).job
+    # The pod entry point: exit code 4 and the reason in result.json.
+    proc = subprocess.run(
+        [sys.executable, "-m", "sharpml.sfm", str(job.root)], capture_output=True, text=True
+    )
+    assert proc.returncode == EXIT_QUALITY_GATE, proc.stderr
+    result = SfmResult.read(job.sfm_result)
+    assert not result.ok
+    assert result.reason == "only 7 of 11 photos could be placed; take more overlapping photos"
+    assert sorted(result.unregistered) == [p.name for p in noise]
+    assert not job.preview_splat.exists() and not job.scene.exists()
+    assert read_progress(job.sfm_progress)["stage"] == "done"
+
+
+def test_nothing_placeable_is_a_clear_failure(tmp_path: Path) -> None:
+    noise = noise_photos(tmp_path / "noise", 5, seed=5)
+    job = ingest([Upload(p.name, p) for p in noise], DataDir(tmp_path / "data")).job
+    result = reconstruct(job, SfmOptions(num_threads=2))
+    assert not result.ok
+    assert result.reason.startswith("none of the 5 photos could be placed together")
+    assert result.registered == 0
