@@ -97,7 +97,7 @@ def test_preview_splat_has_one_gaussian_per_point(reconstructed) -> None:
 
 
 def test_progress_moves_through_the_stages(reconstructed) -> None:
-    job, _, progress = reconstructed
+    *_, progress = reconstructed
     stages = [s for s, _, _ in progress.calls]
     order = [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s]
     assert order == ["extract", "match", "map", "undistort", "done"]

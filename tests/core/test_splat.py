@@ -102,11 +102,11 @@ def test_not_a_splat_ply_names_what_is_missing(tmp_path: Path) -> None:
     arr = np.zeros(2, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1")])
     PlyData([PlyElement.describe(arr, "vertex")]).write(str(tmp_path / "points.ply"))
     with pytest.raises(
-        SplatFormatError, match="points.ply: not a 3D Gaussian splatting PLY; missing properties f_dc_0"
+        SplatFormatError, match=r"points.ply: not a 3D Gaussian splatting PLY; missing properties f_dc_0"
     ):
         read_ply(tmp_path / "points.ply")
     (tmp_path / "junk.ply").write_bytes(b"not a ply")
-    with pytest.raises(SplatFormatError, match="junk.ply: not a readable PLY"):
+    with pytest.raises(SplatFormatError, match=r"junk.ply: not a readable PLY"):
         read_ply(tmp_path / "junk.ply")
 
 
