@@ -7,6 +7,7 @@ Errors are reported relative to the scene's size so that thresholds read as "a f
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,14 +51,25 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.nda
     return scale, rot, mu_d - scale * rot @ mu_s
 
 
-def evaluate_job(job: JobDir, ground_truth: Path, scene_size: float | None = None) -> PoseAccuracy:
-    """Compare a job's reconstruction (``colmap/scene/sparse/0``) with the rendered cameras."""
-    import json
-
-    gt = load_ground_truth(ground_truth)
-    size = scene_size or json.loads(Path(ground_truth).read_text())["scene_size"]
+def evaluate_job(job: JobDir, ground_truth: Path) -> PoseAccuracy:
+    """Compare a job's reconstruction with the rendered cameras: the undistorted scene's model if
+    there is one, else the largest sparse model."""
+    sparse0 = job.scene / "sparse" / "0"
+    if sparse0.exists():
+        rec = pycolmap.Reconstruction(sparse0)
+    else:
+        models = [pycolmap.Reconstruction(p) for p in sorted((job.colmap / "sparse").iterdir()) if p.is_dir()]
+        if not models:
+            raise ValueError(f"{job.colmap}: no reconstruction to evaluate")
+        rec = max(models, key=lambda r: r.num_reg_images())
     source_of = {img.name: img.source_name for img in load_manifest(job)}
-    rec = pycolmap.Reconstruction(job.scene / "sparse" / "0")
+    return evaluate(rec, source_of, ground_truth)
+
+
+def evaluate(rec: pycolmap.Reconstruction, source_of: dict[str, str], ground_truth: Path) -> PoseAccuracy:
+    """Align the registered cameras to the truth (``source_of`` maps stored to rendered names)."""
+    gt = load_ground_truth(ground_truth)
+    size = json.loads(Path(ground_truth).read_text())["scene_size"]
     names, est_c, est_r = [], [], []
     for image in rec.images.values():
         if not image.has_pose:
@@ -65,8 +77,7 @@ def evaluate_job(job: JobDir, ground_truth: Path, scene_size: float | None = Non
         src = source_of.get(image.name)
         if src in gt:
             names.append(src)
-            pose = image.cam_from_world()
-            est_r.append(pose.rotation.matrix())
+            est_r.append(image.cam_from_world().rotation.matrix())
             est_c.append(image.projection_center())
     if len(names) < 3:
         raise ValueError(f"only {len(names)} cameras registered; cannot align")
@@ -78,6 +89,5 @@ def evaluate_job(job: JobDir, ground_truth: Path, scene_size: float | None = Non
     for n, r_est in zip(names, est_r, strict=True):
         # Estimated world->cam composed with the alignment must equal the true world->cam.
         r_delta = gt[n].R @ (r_est @ rot.T).T
-        angle = np.degrees(np.arccos(np.clip((np.trace(r_delta) - 1) / 2, -1, 1)))
-        rot_err.append(angle)
+        rot_err.append(np.degrees(np.arccos(np.clip((np.trace(r_delta) - 1) / 2, -1, 1))))
     return PoseAccuracy(len(names), len(gt), float(err.mean()), float(err.max()), float(np.mean(rot_err)))

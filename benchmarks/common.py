@@ -1,0 +1,49 @@
+"""Shared plumbing for benchmarks: where results go and what context they are recorded with."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pycolmap
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict[str, object]:
+    """The context a figure needs to be read: cores, memory, versions, load."""
+    with open("/proc/meminfo") as fh:
+        mem_kb = int(fh.readline().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "pycolmap": pycolmap.__version__,
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save(name: str, results: object) -> Path:
+    """Write ``benchmarks/results/{name}.json`` with the command line and machine context."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    record = {
+        "benchmark": name,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        "results": results,
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"results -> {path}")
+    return path
