@@ -37,6 +37,7 @@ BUILD_SCRIPT = REPO / "hack" / "k8s-tools" / "build.sh"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 BINARIES = (*COMPONENTS, "kubectl")
 SERVICE_CIDR = "10.96.0.0/24"  # allocation range only: nothing routes to it
+PKI_MARKER = "complete-v2"  # bump when ensure_pki makes a different set of files
 
 
 class ControlPlaneError(RuntimeError):
@@ -125,13 +126,22 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _sign(pki: Path, name: str, subject: str, ext: str) -> None:
-    """A key and a certificate signed by the local CA; `ext` is an openssl extension section body."""
+def _new_ca(pki: Path, name: str, subject: str) -> None:
+    _openssl("genrsa", "-out", f"{name}.key", "2048", cwd=pki)
+    _openssl(
+        "req", "-x509", "-new", "-key", f"{name}.key", "-subj", subject, "-days", "3650",
+        "-sha256", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature", "-out", f"{name}.crt", cwd=pki,
+    )  # fmt: skip
+
+
+def _sign(pki: Path, name: str, subject: str, ext: str, ca: str = "ca") -> None:
+    """A key and a certificate signed by a local CA; `ext` is an openssl extension section body."""
     (pki / f"{name}.ext").write_text(ext)
     _openssl("genrsa", "-out", f"{name}.key", "2048", cwd=pki)
     _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki)
     _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
         "-days", "3650", "-sha256", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=pki,
     )  # fmt: skip
 
@@ -142,15 +152,15 @@ def ensure_pki(layout: Layout) -> None:
     Generated once per checkout and kept across `down`, so a kubeconfig copied elsewhere keeps working.
     """
     pki = layout.pki
-    if (pki / "complete").exists():
+    if (pki / PKI_MARKER).exists():
         return
-    pki.mkdir(parents=True, exist_ok=True)
-    _openssl("genrsa", "-out", "ca.key", "2048", cwd=pki)
-    _openssl(
-        "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=sharpml-dev-ca", "-days", "3650",
-        "-sha256", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature", "-out", "ca.crt", cwd=pki,
-    )  # fmt: skip
+    import shutil
+
+    shutil.rmtree(pki, ignore_errors=True)  # an older or half-written set: start over
+    pki.mkdir(parents=True)
+    _new_ca(pki, "ca", "/CN=sharpml-dev-ca")
+    # Front proxy (aggregation layer) CA: without it every component logs missing requestheader CA errors.
+    _new_ca(pki, "front-proxy-ca", "/CN=sharpml-dev-front-proxy-ca")
     client = (
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=clientAuth\n"
@@ -174,12 +184,13 @@ def ensure_pki(layout: Layout) -> None:
     _sign(pki, "admin", "/O=system:masters/CN=sharpml-dev-admin", client)
     _sign(pki, "kube-controller-manager", "/CN=system:kube-controller-manager", client)
     _sign(pki, "kube-scheduler", "/CN=system:kube-scheduler", client)
+    _sign(pki, "front-proxy-client", "/CN=front-proxy-client", client, ca="front-proxy-ca")
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
     for p in pki.iterdir():
         if p.suffix == ".key":
             p.chmod(0o600)
-    (pki / "complete").write_text("ok\n")
+    (pki / PKI_MARKER).write_text("ok\n")
 
 
 def _write_kubeconfig(layout: Layout, path: Path, user: str) -> None:
@@ -252,6 +263,13 @@ def _command(layout: Layout, name: str) -> list[str]:
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
             "--authorization-mode=Node,RBAC",
             # PodSecurity is in the default set; named so that nobody removes it by accident.
             "--enable-admission-plugins=NodeRestriction,PodSecurity",
@@ -366,7 +384,7 @@ def _get(layout: Layout, path: str, timeout: float = 2.0) -> tuple[int, str]:
 
 def is_ready(layout: Layout) -> bool:
     """True when the apiserver answers /readyz and the controller manager and scheduler are running."""
-    if not (layout.pki / "complete").exists() or not layout.kubeconfig.exists():
+    if not (layout.pki / PKI_MARKER).exists() or not layout.kubeconfig.exists():
         return False
     if any(_read_pid(layout, c) is None for c in COMPONENTS):
         return False
