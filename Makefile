@@ -5,13 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SHARPML_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean k8s-tools helm cluster-up cluster-down
 
 ## venv: the project's virtual environment with every extra installed (re-run when pyproject changes)
 $(BIN)/sharpml: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,cluster]'
 	@touch $@
 
 venv: $(BIN)/sharpml
@@ -20,8 +20,8 @@ venv: $(BIN)/sharpml
 demo: venv
 	$(BIN)/sharpml demo
 
-## test: the whole test suite (what CI runs)
-test: venv
+## test: the whole test suite (what CI runs); builds the control plane binaries first (cached: a no-op)
+test: venv k8s-tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -31,3 +31,19 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .ruff_cache
+
+## k8s-tools: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd (pinned in
+## hack/k8s-tools/go.mod), built once into ~/.cache/sharpml/k8s-<version>/; rebuilt only when the pin changes
+k8s-tools:
+	hack/k8s-tools/build.sh
+
+## helm: helm for chart tests (own module, hack/k8s-tools/helm/go.mod), built on demand into the same cache
+helm:
+	hack/k8s-tools/build.sh helm
+
+## cluster-up / cluster-down: the development control plane on 127.0.0.1 (.cluster/kubeconfig, .cluster/bin/kubectl)
+cluster-up: k8s-tools
+	$(PYTHON) hack/devcluster.py up
+
+cluster-down:
+	$(PYTHON) hack/devcluster.py down
