@@ -69,7 +69,7 @@ class ProgressBars:
         self.stage = ""
 
 
-_BAR = "{desc} {percentage:3.0f}%|{bar:30}| {elapsed} {postfix}"
+_BAR = "{desc} {percentage:3.0f}%|{bar:30}| {elapsed}{postfix}"
 
 
 def _limits() -> IntakeLimits:

@@ -183,7 +183,7 @@ def _match(db_path: Path, matcher: str, opts: SfmOptions, progress: ProgressHook
         pycolmap.match_sequential(
             db_path, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu
         )
-    progress("match", 1.0, "matching done")
+    progress("match", 1.0, f"{matcher} matching done")
 
 
 def _map(
@@ -208,7 +208,8 @@ def _map(
         recs = pycolmap.incremental_mapping(
             db_path, job.images, sparse, options=inc, next_image_callback=next_image
         )
-    progress("map", 1.0, "mapping done")
+    placed = max((r.num_reg_images() for r in recs.values()), default=0)
+    progress("map", 1.0, f"placed {placed}/{n} photos")
     return recs
 
 
