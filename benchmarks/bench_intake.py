@@ -10,7 +10,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import save
+from common import peak_rss_mb, save
 from PIL import Image
 
 from sharpml.config import MB
@@ -43,7 +42,7 @@ def make_photos(folder: Path, n: int, noise: float) -> list[Path]:
         big += rng.normal(0, noise, big.shape).astype(np.float32)
         img = Image.fromarray(np.clip(big, 0, 255).astype(np.uint8))
         path = folder / f"IMG_{i:04d}.jpg"
-        img.save(path, "JPEG", quality=92, exif=phone_exif(big_cams[i], i).tobytes())
+        img.save(path, "JPEG", quality=95, exif=phone_exif(big_cams[i], i).tobytes())
         paths.append(path)
     return paths
 
@@ -65,17 +64,18 @@ def intake_rate(paths: list[Path], workers: int, root: Path) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def child_500mb(folder: str, root: str, count: int) -> None:
+def child_500mb(folder: str, root: str, count: int, workers: int) -> None:
     """Run in a child process so its peak RSS is the intake's alone."""
     files = sorted(Path(folder).iterdir())
     uploads = [Upload(f"IMG_{i:04d}.jpg", files[i % len(files)]) for i in range(count)]
     t0 = time.perf_counter()
-    result = ingest(uploads, DataDir(Path(root)))
+    result = ingest(uploads, DataDir(Path(root)), workers=workers)
     seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(
         json.dumps(
             {
+                "workers": workers,
                 "images": len(result.images),
                 "bytes_in": result.bytes_in,
                 "seconds": seconds,
@@ -89,14 +89,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--skip-500mb", action="store_true")
-    parser.add_argument("--child-500mb", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child-500mb", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_500mb:
-        child_500mb(args.child_500mb[0], args.child_500mb[1], int(args.child_500mb[2]))
+        child_500mb(
+            args.child_500mb[0], args.child_500mb[1], int(args.child_500mb[2]), int(args.child_500mb[3])
+        )
         return
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        photos = make_photos(Path(tmp) / "photos", args.photos, noise=6.0)
+        photos = make_photos(Path(tmp) / "photos", args.photos, noise=8.0)
         sizes = [p.stat().st_size for p in photos]
         results["photo"] = {"width": WIDTH, "height": HEIGHT, "mean_mb": round(np.mean(sizes) / MB, 2)}
         floor = floor_rate(photos)
@@ -115,25 +117,28 @@ def main() -> None:
         if not args.skip_500mb:
             mean = np.mean(sizes)
             count = min(100, int(500 * MB // mean))
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--child-500mb",
-                    str(Path(tmp) / "photos"),
-                    str(Path(tmp) / "d3"),
-                    str(count),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            big = json.loads(proc.stdout.strip().splitlines()[-1])
-            big["set_mb"] = round(big.pop("bytes_in") / MB, 1)
-            big["seconds"] = round(big["seconds"], 1)
-            big["peak_rss_mb"] = round(big["peak_rss_mb"], 1)
-            results["set_500mb"] = big
-            print(big)
+            results["set_500mb"] = []
+            for workers in (1, parallel_workers):
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child-500mb",
+                        str(Path(tmp) / "photos"),
+                        str(Path(tmp) / f"d-set-{workers}"),
+                        str(count),
+                        str(workers),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                big = json.loads(proc.stdout.strip().splitlines()[-1])
+                big["set_mb"] = round(big.pop("bytes_in") / MB, 1)
+                big["seconds"] = round(big["seconds"], 1)
+                big["peak_rss_mb"] = round(big["peak_rss_mb"], 1)
+                results["set_500mb"].append(big)
+                print(big)
     save("intake", results)
 
 

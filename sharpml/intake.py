@@ -281,7 +281,7 @@ def _decode_normalised(insp: _Inspected) -> tuple[Image.Image, Image.Exif]:
         img.load()
         exif = img.getexif()
         icc = img.info.get("icc_profile")
-        upright = ImageOps.exif_transpose(img)
+        upright = ImageOps.exif_transpose(img, in_place=True) or img
     if icc:
         try:
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
