@@ -76,6 +76,8 @@ case "$what" in
     ;;
   helm)
     stamp="$out/.stamp-helm"
+    helm_version="$(awk '$1 == "helm.sh/helm/v3" && $2 ~ /^v/ {print $2; exit}' "$here/helm/go.mod")"
+    ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
     want="$(pin_hash "$here/helm/go.mod" "$here/helm/go.sum")"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$out/helm" ]; then exit 0; fi
     rm -f "$stamp"
