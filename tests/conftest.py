@@ -152,6 +152,10 @@ def _ensure_node(cp: ControlPlane, name: str, labels: dict[str, str], taints: li
         }
     }
     cp.kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    # The TaintNodesByCondition admission plugin adds node.kubernetes.io/not-ready:NoSchedule to every new
+    # Node; the node lifecycle controller would lift it once Ready, but it is off (no kubelet heartbeats).
+    # A merge patch replaces the whole list: exactly our taints remain.
+    cp.kubectl("patch", "node", name, "--type=merge", "-p", json.dumps({"spec": {"taints": taints or None}}))
 
 
 @dataclass(frozen=True)

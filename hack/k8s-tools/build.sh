@@ -6,10 +6,10 @@
 #   hack/k8s-tools/build.sh --print-dir  # where the binaries live
 #
 # Binaries are cached outside the work tree, in ${SHARPML_CACHE:-~/.cache/sharpml}/k8s-<version>/, with a
-# stamp holding a hash of the pins (go.mod, go.sum, this script). A second run with the same pins is a
+# stamp holding a hash of the pins (go.mod, go.sum) and the build flags. A second run with the same pins is a
 # no-op; changing a pin rebuilds. The build is bounded for a 2-core machine (-p=2 by default; set
 # SHARPML_GO_P=1 to halve peak memory). Each binary's wall time and peak RSS are appended to build-times.log
-# in the cache folder (from /usr/bin/time -v) so the README's numbers can be re-measured.
+# in the cache folder (from /usr/bin/time -v, where installed) so the README's numbers can be re-measured.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -40,12 +40,15 @@ build() {
   echo "build.sh: building $name ($pkg) into $out" >&2
   local start=$SECONDS tlog
   tlog="$(mktemp)"
-  if ! (cd "$dir" && /usr/bin/time -v -o "$tlog" go build -ldflags="$ldflags" -o "$out/$name.tmp" "$pkg"); then
+  local timer=()
+  [ -x /usr/bin/time ] && timer=(/usr/bin/time -v -o "$tlog")
+  if ! (cd "$dir" && "${timer[@]}" go build -ldflags="$ldflags" -o "$out/$name.tmp" "$pkg"); then
     cat "$tlog" >&2; rm -f "$tlog"; return 1
   fi
   mv -f "$out/$name.tmp" "$out/$name"
   local rss_kb
   rss_kb="$(awk -F': ' '/Maximum resident set size/ {print $2}' "$tlog")"
+  rss_kb="${rss_kb:-0}"
   printf '%s\t%s\twall_s=%s\tpeak_rss_mib=%s\tsize_mib=%s\n' "$(date -u +%FT%TZ)" "$name" \
     "$((SECONDS - start))" "$((rss_kb / 1024))" "$(( $(stat -c %s "$out/$name") / 1048576 ))" | tee -a "$out/build-times.log" >&2
   rm -f "$tlog"
@@ -76,6 +79,8 @@ case "$what" in
     ;;
   helm)
     stamp="$out/.stamp-helm"
+    helm_version="$(awk '$1 == "helm.sh/helm/v3" && $2 ~ /^v/ {print $2; exit}' "$here/helm/go.mod")"
+    ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
     want="$(pin_hash "$here/helm/go.mod" "$here/helm/go.sum")"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$out/helm" ]; then exit 0; fi
     rm -f "$stamp"

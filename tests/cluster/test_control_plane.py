@@ -97,6 +97,11 @@ def test_pod_security_admission_rejects_privileged_pod(control_plane, namespace)
 def test_scheduler_pins_sfm_pod_to_sfm_node(control_plane, sfm_node, namespace):
     """nodeSelector + toleration lands on the SfM node; a pod without the toleration never does."""
     cp = control_plane
+    # Exactly the SfM taint: nothing left over from node creation that would keep every pod off it.
+    assert cp.get_json("node", sfm_node.name)["spec"]["taints"] == [
+        {"key": "sharpml.com/sfm", "value": "true", "effect": "NoSchedule"}
+    ]
+    assert "taints" not in cp.get_json("node", sfm_node.worker_name)["spec"]
     pinned = _pod("colmap", node_selector=sfm_node.node_selector, tolerations=[sfm_node.toleration])
     ordinary = _pod("ordinary")
     selector_only = _pod("selector-only", node_selector=sfm_node.node_selector)

@@ -239,8 +239,12 @@ def test_kopf_state_is_preserved_and_unknown_status_pruned(control_plane, sharpj
         ({"phase": "Exploded"}, 'status.phase: Unsupported value: "Exploded"'),
         ({"progress": {"percent": 140}}, "status.progress.percent: Invalid value: 140"),
         ({"training": {"costUSD": "-3"}}, "status.training.costUSD"),
+        (
+            {"sfm": {"registeredImages": 30, "totalImages": 24}},
+            "status.sfm.registeredImages cannot exceed status.sfm.totalImages",
+        ),
     ],
-    ids=["phase", "progress", "cost"],
+    ids=["phase", "progress", "cost", "sfm-counts"],
 )
 def test_status_is_validated_too(control_plane, sharpjob_crd, namespace, status, expected):
     """The operator cannot write a phase outside the enum or a progress beyond 100 either."""
