@@ -215,6 +215,4 @@ class JobCreated(BaseModel):
 
 class JobList(BaseModel):
     items: list[JobStatus]
-    next_cursor: str | None = Field(
-        None, description="Pass as `cursor` for the next page; absent on the last."
-    )
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last.")
