@@ -6,6 +6,7 @@ import json
 import re
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from sharpml_api.cluster import OWNER_LABEL, owner_label
@@ -162,7 +163,7 @@ async def test_health_readiness_and_metrics(api, settings_for, settings, tmp_pat
     # Not ready: the apiserver does not answer, and the data directory lies under a file.
     (tmp_path / "not-a-dir").write_text("")
     dead = tmp_path / "dead-kubeconfig"
-    kubeconfig = open(settings.kubeconfig).read()
+    kubeconfig = Path(settings.kubeconfig).read_text()
     dead.write_text(re.sub(r"https://127\.0\.0\.1:\d+", "https://127.0.0.1:9", kubeconfig))
     broken = settings_for(data_dir=tmp_path / "not-a-dir" / "data", kubeconfig=str(dead))
     async with asgi_client(broken) as api2:
