@@ -15,7 +15,6 @@ two replicas racing for the last slot both write, one gets 409 Conflict, re-read
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -30,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 HITS_ANNOTATION = "sharpml.com/admissions"
 SCOPE_ANNOTATION = "sharpml.com/rate-limit-scope"
+EXPIRES_ANNOTATION = "sharpml.com/expires-at"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 COMPONENT = "rate-limit"
 HOLDER = "sharpml-api"
@@ -79,6 +79,15 @@ def _hits(lease: kubernetes.client.V1Lease) -> list[int]:
         return []  # a hand-edited, unreadable log starts afresh rather than locking the client out
 
 
+def _expiry(limit: Limit, newest_ms: int) -> int:
+    """Epoch seconds when the newest admission leaves the window: the sweep's cue.
+
+    Kept in an annotation rather than ``spec.renewTime``: the client serialises a MicroTime with a
+    zero fraction in a form the apiserver refuses.
+    """
+    return math.ceil(newest_ms / 1000) + limit.window
+
+
 class LeaseRateLimiter:
     def __init__(
         self,
@@ -97,19 +106,18 @@ class LeaseRateLimiter:
             metadata=kubernetes.client.V1ObjectMeta(
                 name=limit.lease_name,
                 labels={COMPONENT_LABEL: COMPONENT, "app.kubernetes.io/part-of": "sharpml"},
-                annotations={HITS_ANNOTATION: json.dumps(hits), SCOPE_ANNOTATION: limit.scope},
+                annotations={
+                    HITS_ANNOTATION: json.dumps(hits),
+                    SCOPE_ANNOTATION: limit.scope,
+                    EXPIRES_ANNOTATION: str(_expiry(limit, now_ms)),
+                },
             ),
-            spec=self._spec(limit, now_ms),
+            spec=self._spec(limit),
         )
 
     @staticmethod
-    def _spec(limit: Limit, now_ms: int) -> kubernetes.client.V1LeaseSpec:
-        # renewTime + leaseDurationSeconds is when the newest admission leaves the window: the sweep's cue.
-        return kubernetes.client.V1LeaseSpec(
-            holder_identity=HOLDER,
-            lease_duration_seconds=limit.window,
-            renew_time=dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC),
-        )
+    def _spec(limit: Limit) -> kubernetes.client.V1LeaseSpec:
+        return kubernetes.client.V1LeaseSpec(holder_identity=HOLDER, lease_duration_seconds=limit.window)
 
     def _get(self, name: str) -> kubernetes.client.V1Lease | None:
         try:
@@ -145,8 +153,9 @@ class LeaseRateLimiter:
             lease.metadata.annotations = {
                 **(lease.metadata.annotations or {}),
                 HITS_ANNOTATION: json.dumps(hits),
+                EXPIRES_ANNOTATION: str(_expiry(limit, stamp)),
             }
-            lease.spec = self._spec(limit, stamp)
+            lease.spec = self._spec(limit)
             try:
                 self.api.replace_namespaced_lease(limit.lease_name, self.namespace, lease)
                 return Admission(limit, stamp)
@@ -201,10 +210,11 @@ class LeaseRateLimiter:
             self.namespace, label_selector=f"{COMPONENT_LABEL}={COMPONENT}"
         ).items
         for lease in leases:
-            spec = lease.spec
-            if spec is None or spec.renew_time is None or spec.lease_duration_seconds is None:
+            try:
+                expires = int((lease.metadata.annotations or {})[EXPIRES_ANNOTATION])
+            except (KeyError, ValueError):
                 continue
-            if spec.renew_time.timestamp() + spec.lease_duration_seconds > now:
+            if expires > now:
                 continue
             try:
                 self.api.delete_namespaced_lease(
