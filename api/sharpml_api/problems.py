@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from sharpml.intake import Problem
 
@@ -123,8 +124,12 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind, title = _HTTP_KINDS.get(exc.status_code, ("http-error", "HTTP error"))
         detail = exc.detail if isinstance(exc.detail, str) else title
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # FastAPI routes each method separately, so Starlette's Allow names only one of them.
+            headers["Allow"] = ", ".join(_allowed_methods(app, request))
         return problem_response(
-            ApiProblem(exc.status_code, kind, title, detail, headers=exc.headers), request.url.path
+            ApiProblem(exc.status_code, kind, title, detail, headers=headers), request.url.path
         )
 
     @app.exception_handler(RequestValidationError)
@@ -148,6 +153,15 @@ def install(app: FastAPI) -> None:
             ApiProblem(500, "internal", "Internal error", "an unexpected error occurred; it has been logged"),
             request.url.path,
         )
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= route.methods
+    return sorted(methods)
 
 
 def responses(*statuses: int) -> dict[int | str, dict]:

@@ -134,14 +134,15 @@ class _Receiver:
                 "not-a-file", f"parts of {FILES_FIELD!r} must be files (a filename is missing)", FILES_FIELD
             )
         if len(self.result.files) >= self.limits.max_images:
+            # Intake's own count rule and status, decided without reading the rest of the body.
+            n = self.limits.max_images
             raise file_problem(
-                413,
-                "too-many-photos",
-                "Too many photos",
+                422,
+                "photos-rejected",
+                "Photos rejected",
                 None,
                 "count",
-                f"more than {self.limits.max_images} photos uploaded; at most {self.limits.max_images} "
-                "are accepted",
+                f"more than {n} photos uploaded; at most {n} are accepted",
             )
         self._file = client_file_name(filename.decode("utf-8", "replace"))
         index = len(self.result.files) + 1

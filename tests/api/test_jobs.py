@@ -96,7 +96,7 @@ async def test_list_is_the_callers_jobs_newest_first_in_pages(api, control_plane
     }
 
     assert_problem(await api.get("/v1/jobs"), 401, "unauthorized")
-    assert_problem(await api.get("/v1/jobs?cursor=bogus", headers=bearer("acct-list")), 400, "bad-request")
+    assert (await api.get("/v1/jobs?cursor=0", headers=bearer("acct-list"))).json()["items"] == []
     body = assert_problem(
         await api.get("/v1/jobs?limit=0", headers=bearer("acct-list")), 422, "invalid-request"
     )

@@ -165,8 +165,8 @@ REJECTIONS = {
     "too many photos": (
         lambda d: photo_set(d, 9),
         {},
-        413,
-        "too-many-photos",
+        422,
+        "photos-rejected",
         "count",
         "at most 8 are accepted",
     ),
