@@ -30,7 +30,7 @@ from sharpml_api.cluster import (
 )
 from sharpml_api.models import JobCreated, JobList, JobOptions, JobStatus, Links
 from sharpml_api.problems import ApiProblem, ProblemItem, intake_problem, responses
-from sharpml_api.ratelimit import Limit, RateLimited
+from sharpml_api.ratelimit import Limit, RateLimited, StoreContention
 from sharpml_api.state import AppState
 from sharpml_api.uploads import MAX_FIELD_BYTES, MAX_FIELDS, PART_OVERHEAD, boundary_of, receive, spool
 
@@ -199,6 +199,15 @@ async def create_job(request: Request, who: Caller) -> JSONResponse:
             f"retry in {exc.retry_after} s",
             [ProblemItem(field=exc.limit.scope, rule="rate-limit", message=str(exc))],
             headers={"Retry-After": str(exc.retry_after)},
+        ) from None
+    except (ApiException, StoreContention) as exc:
+        log.warning("rate-limit store unavailable: %s", exc)
+        st.metrics.uploads.labels("error").inc()
+        raise ApiProblem(
+            503,
+            "cluster-unavailable",
+            "Cluster unavailable",
+            "could not check the rate limits; try again later",
         ) from None
 
     job_id = str(uuid.uuid4())
