@@ -110,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--distinct-photos", type=int, default=10)
-    parser.add_argument("--large", action="store_true", help="also one 100-photo upload (~450 MB)")
+    parser.add_argument("--large", action="store_true", help="also one ~500 MB upload (noisier 5 MB photos)")
     args = parser.parse_args()
 
     dc = _devcluster()
@@ -176,8 +176,11 @@ def main() -> None:
                     print(r)
                     rounds.append(r)
                 if args.large:
-                    r = _round_with_rss(url, photos, 1, 100, api.pid)
-                    r["set_mb"] = round(sum(sizes[i % len(sizes)] for i in range(100)) / MB, 1)
+                    big = make_photos(Path(tmp) / "big", args.distinct_photos, noise=12.0)
+                    big_sizes = [p.stat().st_size for p in big]
+                    count = min(100, int(0.98 * 500 * MB / max(big_sizes)))
+                    r = _round_with_rss(url, big, 1, count, api.pid)
+                    r["set_mb"] = round(sum(big_sizes[i % len(big)] for i in range(count)) / MB, 1)
                     print(r)
                     results["large_upload"] = r
                 sampler.stop.set()

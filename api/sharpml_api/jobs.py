@@ -29,7 +29,7 @@ from sharpml_api.cluster import (
     owner_label,
 )
 from sharpml_api.models import JobCreated, JobList, JobOptions, JobStatus, Links
-from sharpml_api.problems import ApiProblem, ProblemItem, intake_problem, responses
+from sharpml_api.problems import ApiProblem, ProblemItem, cluster_unavailable, intake_problem, responses
 from sharpml_api.ratelimit import Limit, RateLimited, StoreContention
 from sharpml_api.state import AppState
 from sharpml_api.uploads import MAX_FIELD_BYTES, MAX_FIELDS, PART_OVERHEAD, boundary_of, receive, spool
@@ -119,9 +119,7 @@ def _apiserver_problem(exc: ApiException) -> ApiProblem:
         ]
         detail = "; ".join(f"{i.field}: {i.message}" for i in items) or "the job was refused by the cluster"
         return ApiProblem(422, "invalid-options", "Invalid options", detail, items)
-    return ApiProblem(
-        503, "cluster-unavailable", "Cluster unavailable", "could not create the job; try again later"
-    )
+    return cluster_unavailable("could not create the job; try again later")
 
 
 def _sharpjob(
@@ -203,12 +201,7 @@ async def create_job(request: Request, who: Caller) -> JSONResponse:
     except (ApiException, StoreContention) as exc:
         log.warning("rate-limit store unavailable: %s", exc)
         st.metrics.uploads.labels("error").inc()
-        raise ApiProblem(
-            503,
-            "cluster-unavailable",
-            "Cluster unavailable",
-            "could not check the rate limits; try again later",
-        ) from None
+        raise cluster_unavailable("could not check the rate limits; try again later") from None
 
     job_id = str(uuid.uuid4())
     st.metrics.in_progress.inc()
@@ -307,9 +300,7 @@ async def _cluster_call(fn, *args):
         return await anyio.to_thread.run_sync(fn, *args)
     except ApiException as exc:
         log.warning("apiserver call %s failed: %s %s", fn.__name__, exc.status, exc.reason)
-        raise ApiProblem(
-            503, "cluster-unavailable", "Cluster unavailable", "the job store is unavailable; try again later"
-        ) from None
+        raise cluster_unavailable("the job store is unavailable; try again later") from None
 
 
 @router.get(
@@ -376,13 +367,9 @@ async def delete_job(request: Request, job_id: str, who: Caller) -> Response:
             break
         except ApiException as exc:
             if exc.status != 409:  # 409: changed since we checked the owner; check again
-                raise ApiProblem(
-                    503, "cluster-unavailable", "Cluster unavailable", "could not delete the job"
-                ) from None
+                raise cluster_unavailable("could not delete the job") from None
     else:
-        raise ApiProblem(
-            503, "cluster-unavailable", "Cluster unavailable", "the job kept changing; try again"
-        )
+        raise cluster_unavailable("the job kept changing; try again")
     remaining = await _cluster_call(st.cluster.get_job, name)
     if remaining is None:
         await anyio.to_thread.run_sync(st.data_dir.remove_job, st.data_dir.job(name))

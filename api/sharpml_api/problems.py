@@ -85,6 +85,11 @@ def file_problem(status: int, kind: str, title: str, file: str | None, rule: str
     return ApiProblem(status, kind, title, message, [ProblemItem(file=file, rule=rule, message=message)])
 
 
+def cluster_unavailable(detail: str) -> ApiProblem:
+    """The apiserver (job store and rate-limit store) could not be used: the client may retry."""
+    return ApiProblem(503, "cluster-unavailable", "Cluster unavailable", detail)
+
+
 def problem_response(problem: ApiProblem, instance: str | None = None) -> JSONResponse:
     body = ProblemDetails(
         type=TYPE_BASE + problem.kind,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sharpml.config import ConfigError, IntakeLimits, default_data_dir
+from sharpml.config import _int as _int  # one parser for every SHARPML_* number
 
 #: Algorithms a token may be signed with. ``none`` is never accepted, whatever is configured.
 SYMMETRIC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -23,19 +24,6 @@ _SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespa
 def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
     value = env.get(name)
     return default if value is None or value.strip() == "" else value.strip()
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = _get(env, name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: must be a whole number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r}: must be at least {minimum}")
-    return value
 
 
 def _list(env: Mapping[str, str], name: str, default: str = "") -> tuple[str, ...]:
