@@ -166,6 +166,7 @@ def main() -> None:
                         pass
                     time.sleep(0.1)
                 results["api_settings"] = {"intake_concurrency": 2, "intake_workers_per_upload": 2}
+                results["load_average_before_uploads"] = os.getloadavg()
                 results["idle_rss_mb"] = round(_rss_mb(api.pid), 1)
                 rounds = []
                 sampler = RssSampler(api.pid)
@@ -190,9 +191,7 @@ def main() -> None:
                 api.terminate()
                 api.wait(10)
     finally:
-        subprocess.run(
-            [*kubectl, "delete", "namespace", namespace, "--wait=false"], env=env_k, capture_output=True
-        )
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         if started:
             dc.down(layout, wipe=True)
     print(json.dumps(results, indent=1))
