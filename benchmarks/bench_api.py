@@ -32,6 +32,8 @@ from bench_intake import floor_rate, make_photos
 from common import save
 
 from sharpml.config import MB
+from sharpml.intake import Upload, ingest
+from sharpml.layout import DataDir
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
@@ -137,7 +139,9 @@ def main() -> None:
             }
             floor = floor_rate(photos)
             results["floor_pillow_decode_encode_per_s_1_core"] = round(floor, 2)
-            print("floor", floor)
+            direct = _intake_rate(photos, PHOTOS_PER_UPLOAD, Path(tmp) / "direct")
+            results["core_intake_2_workers_per_s"] = round(direct, 2)
+            print("floor", floor, "core intake", direct)
 
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
@@ -174,6 +178,7 @@ def main() -> None:
                 for c in args.concurrency:
                     r = _round_with_rss(url, photos, c, PHOTOS_PER_UPLOAD, api.pid)
                     r["images_per_s_vs_floor"] = round(r["images_per_s"] / floor, 3)
+                    r["images_per_s_vs_core_intake"] = round(r["images_per_s"] / direct, 3)
                     print(r)
                     rounds.append(r)
                 if args.large:
@@ -196,6 +201,14 @@ def main() -> None:
             dc.down(layout, wipe=True)
     print(json.dumps(results, indent=1))
     save("api", results)
+
+
+def _intake_rate(photos: list[Path], n: int, root: Path) -> float:
+    """The core intake alone on the same set, with the API's default two workers (no HTTP, no cluster)."""
+    uploads = [Upload(f"IMG_{i:04d}.jpg", photos[i % len(photos)]) for i in range(n)]
+    t0 = time.perf_counter()
+    ingest(uploads, DataDir(root), workers=2)
+    return n / (time.perf_counter() - t0)
 
 
 def _round_with_rss(url: str, photos: list[Path], concurrency: int, n: int, pid: int) -> dict[str, float]:
