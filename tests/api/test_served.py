@@ -7,10 +7,12 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+from sharpml.config import MB, IntakeLimits
 from tests.api.conftest import bearer, left_behind, multipart, patch_status, sharpjobs
 from tests.core.photos import photo_set
 
@@ -90,6 +92,49 @@ def test_oversized_upload_is_refused_while_still_arriving(settings, serve_api, c
     }
     time.sleep(0.5)
     assert left_behind(settings) == [] and sharpjobs(control_plane, namespace) == []
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_memory_stays_flat_while_a_large_body_streams_to_disk(settings_for, serve_api, tmp_path):
+    """An 80 MB photo part goes to disk chunk by chunk: the server's peak RSS grows by far less."""
+    limits = IntakeLimits(max_file_bytes=100 * MB, max_set_bytes=200 * MB, min_images=5, max_images=8)
+    settings = settings_for(limits=limits)
+    api = serve_api(settings)
+    httpx.get(f"{api.url}/readyz")  # warm up: imports, kube client, thread pool
+    before = _peak_rss_mb(api.proc.pid)
+    size = 80 * MB
+
+    def body():
+        yield b"\xff\xd8\xff\xe0"  # a JPEG signature, then 80 MB the decoder will refuse
+        block = bytes(1024 * 1024)
+        for _ in range(size // len(block)):
+            yield block
+
+    boundary = "b0undary"
+
+    def multipart_body():
+        disposition = 'Content-Disposition: form-data; name="files"; filename="big.jpg"'
+        yield f"--{boundary}\r\n{disposition}\r\n\r\n".encode()
+        yield from body()
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    resp = httpx.post(
+        f"{api.url}/v1/jobs",
+        content=multipart_body(),
+        headers={**bearer(), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        timeout=120,
+    )
+    assert resp.status_code == 422, resp.text  # received whole, then rejected by intake (count, type)
+    assert {e["rule"] for e in resp.json()["errors"]} >= {"count"}
+    growth = _peak_rss_mb(api.proc.pid) - before
+    assert growth < 30, f"peak RSS grew by {growth:.0f} MB while streaming an 80 MB part"
+    assert left_behind(settings) == []
 
 
 def _read_events(resp: httpx.Response, out: list[tuple[str, dict]], done: threading.Event) -> None:
