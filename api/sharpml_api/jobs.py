@@ -148,7 +148,7 @@ def _sharpjob(
     status_code=201,
     response_model=JobCreated,
     summary="Upload photos; creates a job",
-    responses=responses(400, 401, 413, 415, 422, 429, 503),
+    responses=responses(400, 401, 408, 413, 415, 422, 429, 503),
     openapi_extra={"requestBody": _UPLOAD_BODY},
 )
 async def create_job(request: Request, who: Caller) -> JSONResponse:
@@ -233,7 +233,8 @@ async def create_job(request: Request, who: Caller) -> JSONResponse:
 
 
 def _outcome(status: int) -> str:
-    return {400: "malformed", 413: "too_large", 415: "malformed", 422: "rejected"}.get(status, "error")
+    outcomes = {400: "malformed", 408: "timeout", 413: "too_large", 415: "malformed", 422: "rejected"}
+    return outcomes.get(status, "error")
 
 
 async def _receive_and_create(
@@ -241,7 +242,17 @@ async def _receive_and_create(
 ) -> JSONResponse:
     s = st.settings
     with spool(st.data_dir) as spool_dir:
-        parsed = await receive(request.stream(), content_type, spool_dir, s.limits)
+        try:
+            with anyio.fail_after(s.upload_timeout_seconds):
+                parsed = await receive(request.stream(), content_type, spool_dir, s.limits)
+        except TimeoutError:
+            raise ApiProblem(
+                408,
+                "upload-timeout",
+                "Upload too slow",
+                f"the upload did not arrive within {s.upload_timeout_seconds} s",
+                headers={"Connection": "close"},
+            ) from None
         st.metrics.upload_bytes.inc(parsed.bytes_received)
         options = JobOptions.from_form(parsed.fields)
         started = time.monotonic()

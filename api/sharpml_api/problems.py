@@ -113,6 +113,7 @@ _HTTP_KINDS = {
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
     406: ("not-acceptable", "Not acceptable"),
+    408: ("upload-timeout", "Request timeout"),
     413: ("too-large", "Request too large"),
     415: ("unsupported-media-type", "Unsupported media type"),
 }
@@ -184,6 +185,7 @@ def responses(*statuses: int) -> dict[int | str, dict]:
 _DESCRIPTIONS = {
     400: "Malformed request (e.g. broken multipart, unknown form field)",
     401: "Missing, invalid or expired bearer token",
+    408: "The upload did not arrive within the upload timeout",
     404: "No such job for this caller",
     413: "A photo or the whole upload exceeds the size limit",
     415: "Content-Type is not multipart/form-data",

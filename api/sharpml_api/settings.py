@@ -82,6 +82,8 @@ class Settings:
     intake_workers: int = 2
     #: Seconds between SSE keep-alive comments (proxies drop idle connections).
     sse_keepalive_seconds: int = 15
+    #: Longest an upload's body may take to arrive: a trickling client must not hold a slot forever.
+    upload_timeout_seconds: int = 900
     public_url: str = ""
 
     @classmethod
@@ -132,6 +134,7 @@ class Settings:
             intake_concurrency=_int(env, "SHARPML_INTAKE_CONCURRENCY", 2, 1),
             intake_workers=_int(env, "SHARPML_INTAKE_WORKERS", 2, 1),
             sse_keepalive_seconds=_int(env, "SHARPML_SSE_KEEPALIVE_SECONDS", 15, 1),
+            upload_timeout_seconds=_int(env, "SHARPML_UPLOAD_TIMEOUT_SECONDS", 900, 1),
             public_url=_get(env, "SHARPML_PUBLIC_URL").rstrip("/"),
         )
         settings.check()

@@ -177,6 +177,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "SHARPML_RATE_LIMIT_ACCOUNT_PER_DAY": str(rl.per_account_per_day),
         "SHARPML_ANONYMOUS_UPLOADS_PER_DAY": str(rl.anonymous_per_ip_per_day),
         "SHARPML_SSE_KEEPALIVE_SECONDS": str(settings.sse_keepalive_seconds),
+        "SHARPML_UPLOAD_TIMEOUT_SECONDS": str(settings.upload_timeout_seconds),
         "SHARPML_INTAKE_WORKERS": str(settings.intake_workers),
         "SHARPML_LOG_LEVEL": "warning",
     }

@@ -94,6 +94,35 @@ def test_oversized_upload_is_refused_while_still_arriving(settings, serve_api, c
     assert left_behind(settings) == [] and sharpjobs(control_plane, namespace) == []
 
 
+def test_a_trickling_upload_times_out(settings_for, serve_api, control_plane, namespace):
+    api = serve_api(settings_for(upload_timeout_seconds=2))
+    boundary = "slow"
+    with socket.create_connection(("127.0.0.1", api.port), timeout=30) as sock:
+        sock.sendall(
+            (
+                "POST /v1/jobs HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n"
+                f"Authorization: {bearer()['Authorization']}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+            ).encode()
+        )
+        started = time.monotonic()
+        part = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n'
+        sock.sendall(f"{len(part):x}\r\n{part}\r\n".encode())
+        sock.settimeout(0.3)
+        response = b""
+        while b"}" not in response and time.monotonic() - started < 15:
+            try:
+                sock.sendall(b"1\r\nx\r\n")  # one byte at a time
+                response += sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+    assert response.startswith(b"HTTP/1.1 408"), response[:300]
+    assert 1.5 < time.monotonic() - started < 10
+    assert b"did not arrive within 2 s" in response
+
+
 def _peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

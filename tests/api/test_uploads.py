@@ -110,6 +110,8 @@ async def test_anonymous_upload_gets_a_job_token_that_alone_opens_the_job(api, t
     assert_problem(await api.get(url, headers=bearer("anonymous-but-not")), 404, "not-found")
     # The anonymous owner id is reserved: a token naming it is refused outright.
     assert_problem(await api.get(url, headers=bearer("anonymous")), 401, "unauthorized")
+    assert_problem(await api.delete(url), 404, "not-found")
+    assert (await api.delete(url, headers={"X-Job-Token": token})).status_code == 204
 
 
 REJECTIONS = {
