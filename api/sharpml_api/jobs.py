@@ -241,31 +241,40 @@ async def _receive_and_create(
     request: Request, st: AppState, who: Principal, job_id: str, content_type: str | None
 ) -> JSONResponse:
     s = st.settings
-    with spool(st.data_dir) as spool_dir:
-        try:
-            with anyio.fail_after(s.upload_timeout_seconds):
-                parsed = await receive(request.stream(), content_type, spool_dir, s.limits)
-        except TimeoutError:
-            raise ApiProblem(
-                408,
-                "upload-timeout",
-                "Upload too slow",
-                f"the upload did not arrive within {s.upload_timeout_seconds} s",
-                headers={"Connection": "close"},
-            ) from None
-        st.metrics.upload_bytes.inc(parsed.bytes_received)
-        options = JobOptions.from_form(parsed.fields)
-        started = time.monotonic()
-        async with st.intake_slots:
+    try:
+        with spool(st.data_dir) as spool_dir:
             try:
-                result = await anyio.to_thread.run_sync(
-                    lambda: ingest(
-                        parsed.files, st.data_dir, s.limits, job_id=job_id, workers=s.intake_workers
+                with anyio.fail_after(s.upload_timeout_seconds):
+                    parsed = await receive(request.stream(), content_type, spool_dir, s.limits)
+            except TimeoutError:
+                raise ApiProblem(
+                    408,
+                    "upload-timeout",
+                    "Upload too slow",
+                    f"the upload did not arrive within {s.upload_timeout_seconds} s",
+                    headers={"Connection": "close"},
+                ) from None
+            st.metrics.upload_bytes.inc(parsed.bytes_received)
+            options = JobOptions.from_form(parsed.fields)
+            started = time.monotonic()
+            async with st.intake_slots:
+                try:
+                    result = await anyio.to_thread.run_sync(
+                        lambda: ingest(
+                            parsed.files, st.data_dir, s.limits, job_id=job_id, workers=s.intake_workers
+                        )
                     )
-                )
-            except IntakeRejected as exc:
-                raise intake_problem(exc.problems) from None
-        st.metrics.intake_seconds.observe(time.monotonic() - started)
+                except IntakeRejected as exc:
+                    raise intake_problem(exc.problems) from None
+            st.metrics.intake_seconds.observe(time.monotonic() - started)
+    except OSError as exc:  # the data volume: full, read-only, or tampered with (a symlink refused)
+        log.error("storing upload %s failed: %s", job_id, exc)
+        raise ApiProblem(
+            503,
+            "storage-unavailable",
+            "Storage unavailable",
+            "the upload could not be stored; try again later",
+        ) from None
     created = False
     try:
         token, digest = new_job_token() if who.anonymous else (None, None)

@@ -191,7 +191,7 @@ _DESCRIPTIONS = {
     415: "Content-Type is not multipart/form-data",
     422: "Photos or options rejected; every offending file or field is named",
     429: "Rate limit reached; see Retry-After",
-    503: "The cluster or the data directory is unavailable",
+    503: "The cluster or the data volume is unavailable; try again later",
 }
 
 

@@ -263,6 +263,19 @@ async def test_sharpjob_creation_failure_leaves_no_job_directory(settings_for, t
     assert left_behind(settings) == []
 
 
+async def test_unusable_data_volume_is_a_503_that_does_not_use_up_the_quota(settings_for, tmp_path):
+    from sharpml_api.settings import RateLimits
+
+    settings = settings_for(rate_limits=RateLimits(per_ip_per_hour=1, per_account_per_day=0))
+    settings.data_dir.mkdir(parents=True)
+    (settings.data_dir / "uploads").symlink_to(tmp_path)  # planted link: refused, never followed
+    photos = multipart(photo_set(tmp_path / "p"))
+    async with asgi_client(settings) as api:
+        assert_problem(await api.post("/v1/jobs", headers=bearer(), **photos), 503, "storage-unavailable")
+        (settings.data_dir / "uploads").unlink()
+        assert (await api.post("/v1/jobs", headers=bearer(), **photos)).status_code == 201
+
+
 async def test_invalid_tokens_are_refused(api, settings, rsa_keys, tmp_path):
     photos = multipart(photo_set(tmp_path))
     cases = {
