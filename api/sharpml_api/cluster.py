@@ -7,12 +7,15 @@ event loop keeps streaming uploads while the apiserver answers.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from sharpml_api.settings import Settings
+
+if TYPE_CHECKING:
+    from sharpml_api.models import JobOptions
 
 GROUP = "sharpml.com"
 VERSION = "v1alpha1"
@@ -104,3 +107,25 @@ class Cluster:
         self.custom.list_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, limit=1, _request_timeout=5
         )
+
+
+def sharpjob_manifest(
+    job_id: str, owner: str, job_dir: str, images: int, options: JobOptions, digest: str | None
+) -> dict:
+    """The SharpJob for an accepted upload: named by the job id, labelled with its owner's digest."""
+    meta: dict[str, Any] = {
+        "name": job_id,
+        "labels": {OWNER_LABEL: owner_label(owner), CREATED_BY_LABEL: "sharpml-api"},
+    }
+    if digest:
+        meta["annotations"] = {TOKEN_ANNOTATION: digest}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": meta,
+        "spec": {
+            "owner": owner,
+            "source": {"upload": {"jobDir": job_dir, "imageCount": images}},
+            **options.spec(),
+        },
+    }

@@ -19,16 +19,8 @@ from sharpml.layout import parse_job_id
 from sharpml_api import events
 from sharpml_api.auth import Principal, may_access, new_job_token, principal, unauthorized
 from sharpml_api.client_ip import request_ip
-from sharpml_api.cluster import (
-    CREATED_BY_LABEL,
-    GROUP,
-    KIND,
-    OWNER_LABEL,
-    TOKEN_ANNOTATION,
-    VERSION,
-    owner_label,
-)
-from sharpml_api.models import JobCreated, JobList, JobOptions, JobStatus, Links
+from sharpml_api.cluster import TOKEN_ANNOTATION, sharpjob_manifest
+from sharpml_api.models import UPLOAD_REQUEST_BODY, JobCreated, JobList, JobOptions, JobStatus, Links
 from sharpml_api.problems import ApiProblem, ProblemItem, cluster_unavailable, intake_problem, responses
 from sharpml_api.ratelimit import Limit, RateLimited, StoreContention
 from sharpml_api.state import AppState
@@ -37,39 +29,6 @@ from sharpml_api.uploads import MAX_FIELD_BYTES, MAX_FIELDS, PART_OVERHEAD, boun
 router = APIRouter(prefix="/v1")
 log = logging.getLogger(__name__)
 Caller = Annotated[Principal, Depends(principal)]
-
-
-def _scalar(prop: dict) -> dict:
-    """``X | None`` from pydantic's schema as the plain type (a form field is sent or omitted)."""
-    if "anyOf" not in prop:
-        return {}
-    return next(p for p in prop["anyOf"] if p.get("type") != "null")
-
-
-_UPLOAD_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["files"],
-                "properties": {
-                    "files": {
-                        "type": "array",
-                        "items": {"type": "string", "format": "binary"},
-                        "description": "The photos (JPEG, PNG or HEIC), one part each, 5-100 of them.",
-                    },
-                    **{
-                        name: {k: v for k, v in prop.items() if k not in ("anyOf", "default", "title")}
-                        | _scalar(prop)
-                        for name, prop in JobOptions.model_json_schema()["properties"].items()
-                    },
-                },
-                "additionalProperties": False,
-            }
-        }
-    },
-}
 
 
 def _state(request: Request) -> AppState:
@@ -122,34 +81,13 @@ def _apiserver_problem(exc: ApiException) -> ApiProblem:
     return cluster_unavailable("could not create the job; try again later")
 
 
-def _sharpjob(
-    job_id: str, owner: str, job_dir: str, images: int, options: JobOptions, digest: str | None
-) -> dict:
-    meta: dict[str, Any] = {
-        "name": job_id,
-        "labels": {OWNER_LABEL: owner_label(owner), CREATED_BY_LABEL: "sharpml-api"},
-    }
-    if digest:
-        meta["annotations"] = {TOKEN_ANNOTATION: digest}
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "metadata": meta,
-        "spec": {
-            "owner": owner,
-            "source": {"upload": {"jobDir": job_dir, "imageCount": images}},
-            **options.spec(),
-        },
-    }
-
-
 @router.post(
     "/jobs",
     status_code=201,
     response_model=JobCreated,
     summary="Upload photos; creates a job",
     responses=responses(400, 401, 408, 413, 415, 422, 429, 503),
-    openapi_extra={"requestBody": _UPLOAD_BODY},
+    openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
 )
 async def create_job(request: Request, who: Caller) -> JSONResponse:
     """Streams the photos to disk (413 as soon as a limit is passed), runs intake (validation and
@@ -279,7 +217,7 @@ async def _receive_and_create(
     try:
         token, digest = new_job_token() if who.anonymous else (None, None)
         job_dir = result.job.root.relative_to(st.data_dir.root).as_posix()
-        body = _sharpjob(job_id, who.account, job_dir, len(result.images), options, digest)
+        body = sharpjob_manifest(job_id, who.account, job_dir, len(result.images), options, digest)
         try:
             await anyio.to_thread.run_sync(st.cluster.create_job, body)
         except ApiException as exc:

@@ -216,3 +216,37 @@ class JobCreated(BaseModel):
 class JobList(BaseModel):
     items: list[JobStatus]
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last.")
+
+
+def _scalar(prop: dict) -> dict:
+    """``X | None`` from pydantic's schema as the plain type (a form field is sent or omitted)."""
+    if "anyOf" not in prop:
+        return {}
+    return next(p for p in prop["anyOf"] if p.get("type") != "null")
+
+
+#: The upload's multipart form in the OpenAPI document (the handler parses the stream itself).
+UPLOAD_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["files"],
+                "properties": {
+                    "files": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "The photos (JPEG, PNG or HEIC), one part each, 5-100 of them.",
+                    },
+                    **{
+                        name: {k: v for k, v in prop.items() if k not in ("anyOf", "default", "title")}
+                        | _scalar(prop)
+                        for name, prop in JobOptions.model_json_schema()["properties"].items()
+                    },
+                },
+                "additionalProperties": False,
+            }
+        }
+    },
+}
