@@ -37,6 +37,17 @@ def test_upload_and_status_through_uvicorn(settings, serve_api, control_plane, n
     )
 
 
+def _send_chunked_headers(sock: socket.socket, boundary: str) -> None:
+    """An upload's request line and headers, with a chunked body (no Content-Length to judge by)."""
+    sock.sendall(
+        (
+            "POST /v1/jobs HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n"
+            f"Authorization: {bearer()['Authorization']}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+        ).encode()
+    )
+
+
 def test_oversized_upload_is_refused_while_still_arriving(settings, serve_api, control_plane, namespace):
     """Chunked body, so no Content-Length to judge by: the per-file limit must stop it mid-stream."""
     api = serve_api(settings)
@@ -48,13 +59,7 @@ def test_oversized_upload_is_refused_while_still_arriving(settings, serve_api, c
     announced = 50 * 1024 * 1024  # what the client would send: 50 MB in one photo (limit: 1 MB)
     sent = 0
     with socket.create_connection(("127.0.0.1", api.port), timeout=30) as sock:
-        sock.sendall(
-            (
-                "POST /v1/jobs HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n"
-                f"Authorization: {bearer()['Authorization']}\r\n"
-                f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
-            ).encode()
-        )
+        _send_chunked_headers(sock, boundary)
 
         def chunk(data: bytes) -> bytes:
             return f"{len(data):x}\r\n".encode() + data + b"\r\n"
@@ -98,13 +103,7 @@ def test_a_trickling_upload_times_out(settings_for, serve_api, control_plane, na
     api = serve_api(settings_for(upload_timeout_seconds=2))
     boundary = "slow"
     with socket.create_connection(("127.0.0.1", api.port), timeout=30) as sock:
-        sock.sendall(
-            (
-                "POST /v1/jobs HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n"
-                f"Authorization: {bearer()['Authorization']}\r\n"
-                f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
-            ).encode()
-        )
+        _send_chunked_headers(sock, boundary)
         started = time.monotonic()
         part = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n'
         sock.sendall(f"{len(part):x}\r\n{part}\r\n".encode())
