@@ -207,6 +207,22 @@ def document(schema: dict) -> dict:
             for status, resp in op.get("responses", {}).items():
                 if status[0] in "45":
                     resp["content"] = {PROBLEM_MEDIA_TYPE: ref}
+                if status == "429":
+                    resp["headers"] = {
+                        "Retry-After": {
+                            "description": "Seconds until an upload will be admitted again.",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1},
+                        }
+                    }
+                if status == "201":
+                    resp["headers"] = {
+                        "Location": {
+                            "description": "The new job's status URL.",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    }
                     if status == "422" and resp.get("description") == "Validation Error":
                         resp["description"] = "Invalid parameters; every offending field is named"
             op["security"] = [{"bearerAuth": []}, {"jobToken": []}, {}]
