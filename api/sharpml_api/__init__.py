@@ -1,0 +1,3 @@
+"""SharpML's REST API: authenticated, rate-limited photo uploads that become SharpJob resources."""
+
+API_VERSION = "v1"

@@ -1,0 +1,95 @@
+"""The FastAPI application: routes, error shape, CORS, metrics, and the rate-limit sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+import kubernetes
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from sharpml.layout import DataDir
+from sharpml_api import API_VERSION, health, jobs, problems
+from sharpml_api.auth import JOB_TOKEN_HEADER
+from sharpml_api.cluster import Cluster, api_client
+from sharpml_api.metrics import Metrics, MetricsMiddleware
+from sharpml_api.ratelimit import LeaseRateLimiter
+from sharpml_api.settings import Settings
+from sharpml_api.state import AppState
+
+log = logging.getLogger(__name__)
+SWEEP_SECONDS = 600
+
+DESCRIPTION = """Upload 5-100 photos of a place or an object; SharpML reconstructs the cameras and
+trains a 3D Gaussian splat. Authenticate with a bearer JWT; without one, uploads fall under the
+anonymous free tier and each job is reached with the `X-Job-Token` its upload returned. Errors are
+RFC 9457 problem details naming the file or field and the rule."""
+
+
+async def _sweeper(limiter: LeaseRateLimiter) -> None:
+    """Delete rate-limit Leases whose windows have passed (any replica may; deletes are conditional)."""
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS)
+        try:
+            n = await anyio.to_thread.run_sync(limiter.sweep)
+            if n:
+                log.info("deleted %d expired rate-limit leases", n)
+        except Exception as exc:
+            log.warning("rate-limit sweep failed: %s", exc)
+
+
+def create_app(
+    settings: Settings | None = None, client: kubernetes.client.ApiClient | None = None
+) -> FastAPI:
+    settings = settings or Settings.from_env()
+    client = client or api_client(settings)
+    state = AppState(
+        settings=settings,
+        cluster=Cluster(client, settings.namespace),
+        limiter=LeaseRateLimiter(client, settings.namespace),
+        data_dir=DataDir(settings.data_dir),
+        metrics=Metrics(),
+        intake_slots=asyncio.Semaphore(settings.intake_concurrency),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.data_dir.ensure()
+        sweeper = asyncio.create_task(_sweeper(state.limiter))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+
+    app = FastAPI(
+        title="SharpML API",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.sharpml = state
+    problems.install(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", JOB_TOKEN_HEADER],
+        expose_headers=["Location", "Retry-After"],
+        max_age=600,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = problems.document(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,131 @@
+"""The API's Kubernetes access: SharpJobs (created, read, listed, deleted, watched) and rate-limit Leases.
+
+The official client is synchronous; callers run it in worker threads (``anyio.to_thread``) so the
+event loop keeps streaming uploads while the apiserver answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from sharpml_api.settings import Settings
+
+if TYPE_CHECKING:
+    from sharpml_api.models import JobOptions
+
+GROUP = "sharpml.com"
+VERSION = "v1alpha1"
+PLURAL = "sharpjobs"
+KIND = "SharpJob"
+#: Label selecting one owner's jobs. A digest, because account ids may be longer than a label value
+#: (63) and need not be valid label values; ``spec.owner`` is still compared on every read.
+OWNER_LABEL = "sharpml.com/owner-sha224"
+#: SHA-256 of an anonymous job's access token (the token itself is only ever in the client's hands).
+TOKEN_ANNOTATION = "sharpml.com/job-token-sha256"
+CREATED_BY_LABEL = "app.kubernetes.io/created-by"
+
+
+def owner_label(owner: str) -> str:
+    return hashlib.sha224(owner.encode()).hexdigest()
+
+
+def api_client(settings: Settings) -> kubernetes.client.ApiClient:
+    """A client from SHARPML_KUBECONFIG / KUBECONFIG, else the pod's service account."""
+    config = kubernetes.client.Configuration()
+    if settings.kubeconfig:
+        kubernetes.config.load_kube_config(config_file=settings.kubeconfig, client_configuration=config)
+    else:
+        kubernetes.config.load_incluster_config(client_configuration=config)
+    return kubernetes.client.ApiClient(config)
+
+
+class Cluster:
+    """SharpJobs in one namespace."""
+
+    def __init__(self, client: kubernetes.client.ApiClient, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.coordination = kubernetes.client.CoordinationV1Api(client)
+
+    def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def get_job(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_jobs(self, owner: str) -> list[dict[str, Any]]:
+        """Every job of one owner (bounded by the per-account rate limit and the jobs' retention)."""
+        items: list[dict[str, Any]] = []
+        token = None
+        while True:
+            page = self.custom.list_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                label_selector=f"{OWNER_LABEL}={owner_label(owner)}",
+                limit=500,
+                _continue=token,
+            )
+            items.extend(i for i in page["items"] if i.get("spec", {}).get("owner") == owner)
+            token = page.get("metadata", {}).get("continue")
+            if not token:
+                return items
+
+    def delete_job(self, name: str, resource_version: str) -> bool:
+        """Delete one job (only the version the caller checked); False when it was already gone."""
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                name,
+                body=kubernetes.client.V1DeleteOptions(
+                    propagation_policy="Background",
+                    preconditions=kubernetes.client.V1Preconditions(resource_version=resource_version),
+                ),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def ready(self) -> None:
+        """Raise unless SharpJobs in our namespace can be listed (apiserver up, CRD installed, RBAC)."""
+        self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, limit=1, _request_timeout=5
+        )
+
+
+def sharpjob_manifest(
+    job_id: str, owner: str, job_dir: str, images: int, options: JobOptions, digest: str | None
+) -> dict:
+    """The SharpJob for an accepted upload: named by the job id, labelled with its owner's digest."""
+    meta: dict[str, Any] = {
+        "name": job_id,
+        "labels": {OWNER_LABEL: owner_label(owner), CREATED_BY_LABEL: "sharpml-api"},
+    }
+    if digest:
+        meta["annotations"] = {TOKEN_ANNOTATION: digest}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": meta,
+        "spec": {
+            "owner": owner,
+            "source": {"upload": {"jobDir": job_dir, "imageCount": images}},
+            **options.spec(),
+        },
+    }

@@ -1,0 +1,40 @@
+"""``sharpml-api``: serve the API with uvicorn; every setting from ``SHARPML_*`` variables."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import uvicorn
+
+from sharpml.config import ConfigError
+from sharpml_api.app import create_app
+from sharpml_api.settings import Settings
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=os.environ.get("SHARPML_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"sharpml-api: configuration error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        proxy_headers=False,  # X-Forwarded-For is interpreted by sharpml_api.client_ip, trusted proxies only
+        server_header=False,
+        timeout_keep_alive=30,
+        log_level=os.environ.get("SHARPML_LOG_LEVEL", "info").lower(),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Request options and response bodies, and how they map to and from the SharpJob resource.
+
+The processing options mirror the CRD's ``spec.processing``/``notify``/``ttlSecondsAfterFinished``
+bounds (tests/api/test_models.py holds them equal to crds/sharpjobs.sharpml.com.yaml), so a bad
+option is refused in milliseconds, before intake spends CPU on the photos; the apiserver's own
+validation of the CRD remains the final word.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from sharpml_api.problems import ApiProblem, ProblemItem, field_problem
+
+TERMINAL_PHASES = frozenset({"Complete", "Failed", "Cancelled"})
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class JobOptions(BaseModel):
+    """Form fields of an upload besides the photos. Omitted fields take the CRD's defaults."""
+
+    model_config = {"extra": "forbid"}
+
+    matcher: Literal["exhaustive", "sequential", "auto"] | None = Field(
+        None, description="Feature matching: exhaustive, sequential (capture order) or auto."
+    )
+    mapper: Literal["incremental", "global", "auto"] | None = Field(
+        None, description="Sparse reconstruction: incremental, global or auto."
+    )
+    max_image_size: int | None = Field(
+        None, ge=640, le=8192, description="Longest side, in pixels, used for feature extraction."
+    )
+    training_iterations: int | None = Field(
+        None, ge=1000, le=100000, description="Splat training iterations."
+    )
+    trainer: Literal["runpod", "preview"] | None = Field(
+        None, description="runpod (GPU, the product path) or preview (quick CPU splat)."
+    )
+    webhook_url: str | None = Field(
+        None, max_length=2048, description="http(s) URL that receives a POST when the job finishes."
+    )
+    email: str | None = Field(None, max_length=254, description="Address told when the job finishes.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, le=2592000, description="Seconds the job is kept after it finishes (default one day)."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an absolute http:// or https:// URL")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise ValueError("must be an e-mail address")
+        return value
+
+    @classmethod
+    def from_form(cls, fields: dict[str, str]) -> JobOptions:
+        """Options from form fields: unknown fields are 400, bad values 422, each naming the field."""
+        known = set(cls.model_fields)
+        for name in fields:
+            if name not in known:
+                raise field_problem(
+                    400,
+                    "malformed-upload",
+                    "Malformed upload",
+                    name,
+                    "unknown-field",
+                    f"unknown form field {name!r}; known: files, {', '.join(sorted(known))}",
+                )
+        try:
+            return cls.model_validate({k: v for k, v in fields.items() if v != ""})
+        except ValidationError as exc:
+            items = [
+                ProblemItem(
+                    field=".".join(str(p) for p in err["loc"]) or None,
+                    rule=err["type"],
+                    message=f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}",
+                )
+                for err in exc.errors()
+            ]
+            raise ApiProblem(
+                422, "invalid-options", "Invalid options", "; ".join(i.message for i in items), items
+            ) from None
+
+    def spec(self) -> dict[str, Any]:
+        """The SharpJob spec fields these options set (only those given)."""
+        processing = {
+            "matcher": self.matcher,
+            "mapper": self.mapper,
+            "maxImageSize": self.max_image_size,
+            "trainingIterations": self.training_iterations,
+            "trainer": self.trainer,
+        }
+        notify = {"webhookURL": self.webhook_url, "email": self.email}
+        spec: dict[str, Any] = {
+            "processing": {k: v for k, v in processing.items() if v is not None},
+        }
+        if any(v is not None for v in notify.values()):
+            spec["notify"] = {k: v for k, v in notify.items() if v is not None}
+        if self.ttl_seconds_after_finished is not None:
+            spec["ttlSecondsAfterFinished"] = self.ttl_seconds_after_finished
+        return spec
+
+
+class Links(BaseModel):
+    status: str = Field(description="URL of this job's status.")
+    events: str = Field(description="URL of this job's server-sent events.")
+
+
+class Progress(BaseModel):
+    percent: int = Field(0, description="Overall progress, 0-100.")
+    stage: str | None = Field(None, description="What is running now.")
+
+
+class Processing(BaseModel):
+    matcher: str | None = None
+    mapper: str | None = None
+    max_image_size: int | None = None
+    training_iterations: int | None = None
+    trainer: str | None = None
+
+
+class SfmSummary(BaseModel):
+    registered_images: int | None = None
+    total_images: int | None = None
+    points: int | None = None
+    mean_reprojection_error: float | None = None
+
+
+class Outputs(BaseModel):
+    url: str | None = Field(None, description="Download URL of the finished splat.")
+    url_expires_at: str | None = Field(None, description="When the download URL stops working (RFC 3339).")
+
+
+class JobStatus(BaseModel):
+    """A job as its owner sees it."""
+
+    id: str
+    phase: str = Field(description="Pending, Queued, Reconstructing, ..., Complete, Failed, Cancelled.")
+    finished: bool = Field(description="True once the phase is Complete, Failed or Cancelled.")
+    message: str | None = None
+    progress: Progress
+    queue_position: int | None = None
+    image_count: int | None = None
+    created: str | None = Field(None, description="When the job was created (RFC 3339).")
+    timestamps: dict[str, str] = Field(default_factory=dict, description="When each stage started or ended.")
+    processing: Processing
+    sfm: SfmSummary | None = None
+    outputs: Outputs | None = None
+    deleting: bool = Field(False, description="True while the job is being deleted.")
+    links: Links
+
+    @classmethod
+    def from_resource(cls, obj: dict[str, Any], links: Links) -> JobStatus:
+        meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status") or {}
+        phase = status.get("phase") or "Pending"
+        proc = spec.get("processing") or {}
+        sfm = status.get("sfm")
+        outputs = status.get("outputs")
+        return cls(
+            id=meta["name"],
+            phase=phase,
+            finished=phase in TERMINAL_PHASES,
+            message=status.get("message"),
+            progress=Progress(**(status.get("progress") or {})),
+            queue_position=status.get("queuePosition"),
+            image_count=(spec.get("source", {}).get("upload") or {}).get("imageCount"),
+            created=meta.get("creationTimestamp"),
+            timestamps=status.get("timestamps") or {},
+            processing=Processing(
+                matcher=proc.get("matcher"),
+                mapper=proc.get("mapper"),
+                max_image_size=proc.get("maxImageSize"),
+                training_iterations=proc.get("trainingIterations"),
+                trainer=proc.get("trainer"),
+            ),
+            sfm=SfmSummary(
+                registered_images=sfm.get("registeredImages"),
+                total_images=sfm.get("totalImages"),
+                points=sfm.get("points"),
+                mean_reprojection_error=sfm.get("meanReprojectionError"),
+            )
+            if sfm
+            else None,
+            outputs=Outputs(url=outputs.get("url"), url_expires_at=outputs.get("urlExpiresAt"))
+            if outputs
+            else None,
+            deleting=bool(meta.get("deletionTimestamp")),
+            links=links,
+        )
+
+
+class JobCreated(BaseModel):
+    id: str = Field(description="The job id (a UUID).")
+    phase: str = "Pending"
+    image_count: int
+    links: Links
+    job_token: str | None = Field(
+        None,
+        description="Anonymous uploads only: send it as X-Job-Token to read, watch or delete this job. "
+        "It is shown once and cannot be recovered.",
+    )
+
+
+class JobList(BaseModel):
+    items: list[JobStatus]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last.")
+
+
+def _scalar(prop: dict) -> dict:
+    """``X | None`` from pydantic's schema as the plain type (a form field is sent or omitted)."""
+    if "anyOf" not in prop:
+        return {}
+    return next(p for p in prop["anyOf"] if p.get("type") != "null")
+
+
+#: The upload's multipart form in the OpenAPI document (the handler parses the stream itself).
+UPLOAD_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["files"],
+                "properties": {
+                    "files": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "The photos (JPEG, PNG or HEIC), one part each, 5-100 of them.",
+                    },
+                    **{
+                        name: {k: v for k, v in prop.items() if k not in ("anyOf", "default", "title")}
+                        | _scalar(prop)
+                        for name, prop in JobOptions.model_json_schema()["properties"].items()
+                    },
+                },
+                "additionalProperties": False,
+            }
+        }
+    },
+}

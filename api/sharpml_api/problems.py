@@ -1,0 +1,241 @@
+"""Errors as RFC 9457 problem details: one JSON shape for every failure, naming the file or field and rule.
+
+``{"type", "title", "status", "detail", "errors": [{"file"|"field", "rule", "message"}]}`` with
+``Content-Type: application/problem+json``. ``type`` is a stable URI per kind of problem, so clients
+branch on it rather than on English text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from sharpml.intake import Problem
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "https://sharpml.com/problems/"
+log = logging.getLogger(__name__)
+
+
+class ProblemItem(BaseModel):
+    """One offending file or field."""
+
+    file: str | None = Field(None, description="Client file name the problem is about (printable form).")
+    field: str | None = Field(None, description="Form field or parameter the problem is about.")
+    rule: str = Field(description="Machine-readable rule, e.g. `type-mismatch`, `file-size`, `count`.")
+    message: str = Field(description="Human-readable explanation.")
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = Field(description="URI identifying the kind of problem.")
+    title: str = Field(description="Short summary of the kind of problem.")
+    status: int = Field(description="HTTP status code.")
+    detail: str = Field(description="Explanation of this occurrence.")
+    instance: str | None = Field(None, description="The request path.")
+    errors: list[ProblemItem] = Field(default_factory=list, description="Every offending file or field.")
+
+
+class ApiProblem(Exception):
+    """Raise to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        title: str,
+        detail: str,
+        errors: Iterable[ProblemItem] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.title = title
+        self.detail = detail
+        self.errors = list(errors)
+        self.headers = dict(headers or {})
+
+
+def intake_problem(problems: Iterable[Problem]) -> ApiProblem:
+    """Intake's verdict (from :mod:`sharpml.intake`, the one home of the rules) as a 422."""
+    items = [ProblemItem(file=p.file, rule=p.rule, message=str(p)) for p in problems]
+    return ApiProblem(
+        422,
+        "photos-rejected",
+        "Photos rejected",
+        f"{len(items)} problem(s); nothing was stored: " + "; ".join(i.message for i in items),
+        items,
+    )
+
+
+def field_problem(status: int, kind: str, title: str, field: str, rule: str, message: str) -> ApiProblem:
+    return ApiProblem(status, kind, title, message, [ProblemItem(field=field, rule=rule, message=message)])
+
+
+def file_problem(status: int, kind: str, title: str, file: str | None, rule: str, message: str) -> ApiProblem:
+    return ApiProblem(status, kind, title, message, [ProblemItem(file=file, rule=rule, message=message)])
+
+
+def cluster_unavailable(detail: str) -> ApiProblem:
+    """The apiserver (job store and rate-limit store) could not be used: the client may retry."""
+    return ApiProblem(503, "cluster-unavailable", "Cluster unavailable", detail)
+
+
+def problem_response(problem: ApiProblem, instance: str | None = None) -> JSONResponse:
+    body = ProblemDetails(
+        type=TYPE_BASE + problem.kind,
+        title=problem.title,
+        status=problem.status,
+        detail=problem.detail,
+        instance=instance,
+        errors=problem.errors,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=problem.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=problem.headers,
+    )
+
+
+_HTTP_KINDS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    408: ("upload-timeout", "Request timeout"),
+    413: ("too-large", "Request too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+}
+
+
+def install(app: FastAPI) -> None:
+    """Route every error the app or the framework raises through the problem shape."""
+
+    @app.exception_handler(ApiProblem)
+    async def _api_problem(request: Request, exc: ApiProblem) -> JSONResponse:
+        return problem_response(exc, request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind, title = _HTTP_KINDS.get(exc.status_code, ("http-error", "HTTP error"))
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # FastAPI routes each method separately, so Starlette's Allow names only one of them.
+            headers["Allow"] = ", ".join(_allowed_methods(app, request))
+        return problem_response(
+            ApiProblem(exc.status_code, kind, title, detail, headers=headers), request.url.path
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        items = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+            items.append(
+                ProblemItem(field=".".join(loc) or None, rule=str(err.get("type")), message=err["msg"])
+            )
+        detail = "; ".join(f"{i.field}: {i.message}" if i.field else i.message for i in items)
+        return problem_response(
+            ApiProblem(422, "invalid-request", "Invalid request", detail or "invalid request", items),
+            request.url.path,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            ApiProblem(500, "internal", "Internal error", "an unexpected error occurred; it has been logged"),
+            request.url.path,
+        )
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= route.methods
+    return sorted(methods)
+
+
+def responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` entries: these statuses answer with problem details."""
+    return {
+        s: {
+            "model": ProblemDetails,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}},
+            "description": _DESCRIPTIONS.get(s, "Problem details"),
+        }
+        for s in statuses
+    }
+
+
+_DESCRIPTIONS = {
+    400: "Malformed request (e.g. broken multipart, unknown form field)",
+    401: "Missing, invalid or expired bearer token",
+    408: "The upload did not arrive within the upload timeout",
+    404: "No such job for this caller",
+    413: "A photo or the whole upload exceeds the size limit",
+    415: "Content-Type is not multipart/form-data",
+    422: "Photos or options rejected; every offending file or field is named",
+    429: "Rate limit reached; see Retry-After",
+    503: "The cluster or the data volume is unavailable; try again later",
+}
+
+
+def document(schema: dict) -> dict:
+    """Make the OpenAPI document say what the app does: every error response is problem+json.
+
+    FastAPI documents its own validation errors as ``application/json`` ``HTTPValidationError``;
+    here they (and every other 4xx/5xx) are problem details, so the schema must say so.
+    """
+    ref = {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}
+    for path in schema.get("paths", {}).values():
+        for op in path.values():
+            for status, resp in op.get("responses", {}).items():
+                if status[0] in "45":
+                    resp["content"] = {PROBLEM_MEDIA_TYPE: ref}
+                if status == "429":
+                    resp["headers"] = {
+                        "Retry-After": {
+                            "description": "Seconds until an upload will be admitted again.",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1},
+                        }
+                    }
+                if status == "201":
+                    resp["headers"] = {
+                        "Location": {
+                            "description": "The new job's status URL.",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    }
+                    if status == "422" and resp.get("description") == "Validation Error":
+                        resp["description"] = "Invalid parameters; every offending field is named"
+            op["security"] = [{"bearerAuth": []}, {"jobToken": []}, {}]
+    components = schema.setdefault("components", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.get("schemas", {}).pop(name, None)
+    components["securitySchemes"] = {
+        "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        "jobToken": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Job-Token",
+            "description": "The token an anonymous upload returned, for that job only.",
+        },
+    }
+    return schema

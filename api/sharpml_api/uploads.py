@@ -1,0 +1,249 @@
+"""Streaming a multipart upload to disk with the size limits enforced as the bytes arrive.
+
+Starlette's ``request.form()`` would spool every file before the handler sees it; here the body is
+fed chunk by chunk to python-multipart's push parser, each photo part goes straight into a file on
+the data volume (``uploads/{uuid}/0001.part``, a server-chosen name: the client's file name is kept
+in memory for messages and never touches a path), and a part over the per-file limit or a body over
+the per-set limit stops the transfer with 413 at once. Memory stays at one chunk per upload.
+
+The spool directory is removed in every case once intake has run (see :func:`spool`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from sharpml.config import MB, IntakeLimits
+from sharpml.intake import Upload, display_name
+from sharpml.layout import DataDir, create_file, make_dir, open_dir
+from sharpml_api.problems import ApiProblem, field_problem, file_problem
+
+FILES_FIELD = "files"
+#: Option fields are short strings; anything longer is not an option.
+MAX_FIELD_BYTES = 4096
+MAX_FIELDS = 32
+#: Multipart framing (boundaries, part headers) on top of the photo bytes, per part.
+PART_OVERHEAD = 16 * 1024
+
+
+def _too_large(kind_rule: str, file: str | None, message: str) -> ApiProblem:
+    return file_problem(413, "too-large", "Upload too large", file, kind_rule, message)
+
+
+def _bad(rule: str, message: str, field: str | None = None) -> ApiProblem:
+    return field_problem(400, "malformed-upload", "Malformed upload", field or "body", rule, message)
+
+
+@dataclass
+class ParsedUpload:
+    """What the body held: photo files on disk (client name -> path) and the option fields."""
+
+    files: list[Upload] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+    bytes_received: int = 0
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    """The multipart boundary, or 415/400: the body is only ever read as multipart/form-data."""
+    media, params = parse_options_header(content_type or "")
+    if media != b"multipart/form-data":
+        shown = media.decode("latin-1") or "none"
+        raise ApiProblem(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            f"Content-Type is {shown}; photos are uploaded as multipart/form-data",
+        )
+    boundary = params.get(b"boundary")
+    if not boundary or len(boundary) > 200:
+        raise _bad("boundary", "multipart/form-data Content-Type has no valid boundary parameter")
+    return boundary
+
+
+def client_file_name(raw: str) -> str:
+    """The last component of a client-supplied name: browsers send bare names; anything else is a path."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1].replace("\0", "")
+    return "" if name in (".", "..") else name
+
+
+class _Receiver:
+    """python-multipart callbacks writing photo parts to files (runs in a worker thread)."""
+
+    def __init__(self, spool_fd: int, spool_dir: Path, limits: IntakeLimits) -> None:
+        self.spool_fd = spool_fd
+        self.spool_dir = spool_dir
+        self.limits = limits
+        self.result = ParsedUpload()
+        self.ended = False
+        self._headers: dict[str, str] = {}
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._out = None
+        self._name: str | None = None  # form field name of the current part
+        self._file: str | None = None  # client file name of the current file part
+        self._size = 0
+        self._value = bytearray()
+        self._photo_bytes = 0
+
+    # header callbacks
+    def on_part_begin(self) -> None:
+        self._headers = {}
+        self._size = 0
+        self._value = bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode(
+            "utf-8", "replace"
+        )
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        disposition, params = parse_options_header(self._headers.get("content-disposition"))
+        if disposition != b"form-data" or b"name" not in params:
+            raise _bad("part-headers", "every part needs 'Content-Disposition: form-data; name=...'")
+        self._name = params[b"name"].decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        if self._name != FILES_FIELD:
+            if filename is not None:
+                raise _bad(
+                    "field", f"file sent in field {self._name!r}; photos go in {FILES_FIELD!r}", self._name
+                )
+            if len(self.result.fields) >= MAX_FIELDS:
+                raise _bad("field-count", f"more than {MAX_FIELDS} form fields")
+            self._file = None
+            return
+        if filename is None:
+            raise _bad(
+                "not-a-file", f"parts of {FILES_FIELD!r} must be files (a filename is missing)", FILES_FIELD
+            )
+        if len(self.result.files) >= self.limits.max_images:
+            # Intake's own count rule and status, decided without reading the rest of the body.
+            n = self.limits.max_images
+            raise file_problem(
+                422,
+                "photos-rejected",
+                "Photos rejected",
+                None,
+                "count",
+                f"more than {n} photos uploaded; at most {n} are accepted",
+            )
+        self._file = client_file_name(filename.decode("utf-8", "replace"))
+        index = len(self.result.files) + 1
+        part = f"{index:04d}.part"
+        self._out = os.fdopen(create_file(self.spool_fd, part), "wb")
+        self.result.files.append(Upload(self._file, self.spool_dir / part))
+
+    # body callbacks
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        n = end - start
+        self._size += n
+        if self._file is None:
+            if self._size > MAX_FIELD_BYTES:
+                raise _bad(
+                    "field-size",
+                    f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes",
+                    self._name,
+                )
+            self._value += data[start:end]
+            return
+        shown = display_name(self._file)
+        if self._size > self.limits.max_file_bytes:
+            raise _too_large(
+                "file-size",
+                shown,
+                f"{shown}: over the {self.limits.max_file_bytes / MB:.1f} MB per-file limit",
+            )
+        self._photo_bytes += n
+        if self._photo_bytes > self.limits.max_set_bytes:
+            raise _too_large(
+                "set-size", None, f"the photos total over the {self.limits.max_set_bytes / MB:.1f} MB limit"
+            )
+        assert self._out is not None
+        self._out.write(data[start:end])
+
+    def on_part_end(self) -> None:
+        if self._file is not None:
+            assert self._out is not None
+            self._out.close()
+            self._out = None
+            return
+        assert self._name is not None
+        if self._name in self.result.fields:
+            raise _bad("duplicate-field", f"form field {self._name!r} appears more than once", self._name)
+        try:
+            self.result.fields[self._name] = self._value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad("encoding", f"form field {self._name!r} is not UTF-8", self._name) from None
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def callbacks(self) -> dict:
+        names = ["part_begin", "header_field", "header_value", "header_end", "headers_finished"]
+        names += ["part_data", "part_end", "end"]
+        return {f"on_{n}": getattr(self, f"on_{n}") for n in names}
+
+
+@contextlib.contextmanager
+def spool(data_dir: DataDir) -> Iterator[Path]:
+    """A fresh ``uploads/{uuid}/`` on the data volume (same filesystem as jobs/), removed afterwards."""
+    data_dir.ensure()
+    root = data_dir.root / "uploads"
+    with open_dir(data_dir.root) as fd:
+        make_dir(fd, "uploads", exist_ok=True)
+    name = str(uuid.uuid4())
+    with open_dir(root) as fd:
+        make_dir(fd, name, mode=0o700)
+    path = root / name
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def receive(
+    chunks: AsyncIterator[bytes], content_type: str | None, spool_dir: Path, limits: IntakeLimits
+) -> ParsedUpload:
+    """Parse the body into ``spool_dir``; raises :class:`ApiProblem` (400/413/415) as soon as it can."""
+    boundary = boundary_of(content_type)
+    with open_dir(spool_dir) as spool_fd:
+        receiver = _Receiver(spool_fd, spool_dir, limits)
+        parser = MultipartParser(boundary, receiver.callbacks())
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                receiver.result.bytes_received += len(chunk)
+                if receiver.ended:
+                    continue  # epilogue after the closing boundary is ignored, as RFC 2046 says
+                # Parsing and the file writes happen off the event loop, one chunk at a time.
+                await anyio.to_thread.run_sync(parser.write, chunk)
+        except MultipartParseError as exc:
+            raise _bad("multipart", f"malformed multipart body ({exc})") from None
+        finally:
+            receiver.close()
+    if not receiver.ended:
+        raise _bad("multipart", "multipart body ended before its closing boundary (truncated upload?)")
+    return receiver.result
