@@ -193,6 +193,7 @@ def _map(
     if mapper == "global":
         global_opts = pycolmap.GlobalPipelineOptions()
         global_opts.num_threads = opts.num_threads
+        global_opts.random_seed = 1  # reproducible runs (COLMAP seeds randomly by default)
         recs = pycolmap.global_mapping(db_path, job.images, sparse, options=global_opts)
     else:
         inc = pycolmap.IncrementalPipelineOptions()

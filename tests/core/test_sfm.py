@@ -109,7 +109,9 @@ def test_progress_moves_through_the_stages(reconstructed) -> None:
 @pytest.mark.parametrize(("matcher", "mapper"), [("sequential", "incremental"), ("exhaustive", "global")])
 def test_other_matchers_and_mappers(scene_photos: Dataset, tmp_path: Path, matcher: str, mapper: str) -> None:
     job = ingest(uploads_from_paths([scene_photos.photos_dir]), DataDir(tmp_path)).job
-    result = reconstruct(job, SfmOptions(matcher=matcher, mapper=mapper, num_threads=2))
+    # One thread: with several, COLMAP's global mapper is not reproducible even with a fixed seed, and
+    # 1 run in 12 here converged to a self-consistent but wrong solution (see README, SfM choices).
+    result = reconstruct(job, SfmOptions(matcher=matcher, mapper=mapper, num_threads=1))
     assert result.ok, result.reason
     assert (result.matcher, result.mapper) == (matcher, mapper)
     accuracy = evaluate_job(job, scene_photos.ground_truth)
