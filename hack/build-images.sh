@@ -90,6 +90,7 @@ else
   ctx="$(mktemp -d "${TMPDIR:-/tmp}/sharpml-ctx.XXXXXX")"
   trap 'rm -rf "$ctx"' EXIT
   cp "$REPO/pyproject.toml" "$ctx/"
+  mkdir -p "$ctx/operator" "$ctx/api"  # package roots named in pyproject; not part of this image
   (cd "$REPO" && find sharpml -name '*.py' -exec cp --parents {} "$ctx/" \;)
   start=$(date +%s)
   podman build --quiet "${ca_mount[@]}" --build-arg "BASE_IMAGE=$base" \
