@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", "-n", action="append", default=[], help="watch only these namespaces")
     parser.add_argument("--leader-election", action="store_true", help="run only while holding the Lease")
     parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
-    parser.add_argument("--liveness", default="", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
+    parser.add_argument(
+        "--liveness", default="", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args, extra = parser.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]

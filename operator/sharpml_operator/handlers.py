@@ -25,8 +25,8 @@ from sharpml_operator.conditions import FINISHED_PHASES, now_rfc3339, phase_cond
 from sharpml_operator.podspec import (
     JOB_UID_LABEL,
     MANAGED_BY,
-    STAGE_LABEL,
     SFM_STAGE,
+    STAGE_LABEL,
     deny_all_policy,
     pod_name,
     sfm_pod,
@@ -57,6 +57,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix="sharpml.com", key="last-handled-configuration"
     )
     settings.posting.loggers = False  # events are the job's story, posted explicitly below
+    # kopf logs every timer run ("Timer 'reconcile' succeeded"); transitions are logged below instead.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
     metrics.serve(CFG.metrics_port)
@@ -120,7 +122,9 @@ def _transition(
     patch.status["phase"] = phase
     patch.status["message"] = message[:1024]
     patch.status["observedGeneration"] = generation
-    patch.status["conditions"] = phase_conditions(status.get("conditions"), phase, reason, message, generation)
+    patch.status["conditions"] = phase_conditions(
+        status.get("conditions"), phase, reason, message, generation
+    )
     if phase != "Queued":
         patch.status["queuePosition"] = None
     if phase in FINISHED_PHASES:
@@ -176,7 +180,9 @@ def enqueue(
     if spec.get("cancel"):
         _transition(body, patch, status, meta, "Cancelled", "Cancelled", "cancelled before it started")
         return
-    me = QueuedJob(meta["uid"], meta["namespace"], meta["name"], "Queued", meta["creationTimestamp"], queued_at)
+    me = QueuedJob(
+        meta["uid"], meta["namespace"], meta["name"], "Queued", meta["creationTimestamp"], queued_at
+    )
     jobs = [j for j in sharpjob_queue.get(None, []) if j.uid != me.uid] + [me]
     _transition(body, patch, status, meta, "Queued", "Queued", "waiting for the SfM node")
     _advance_queued(body, spec, {**status, **patch.status}, meta, patch, jobs, sfm_pods)
@@ -325,7 +331,9 @@ def _finish_success(body: Any, status: Any, meta: Any, patch: kopf.Patch, job: A
     try:
         result = SfmResult.read(job.sfm_result)
     except (OSError, ValueError, TypeError) as exc:
-        _fail(body, patch, status, meta, "ResultMissing", f"the SfM pod succeeded but {job.sfm_result}: {exc}")
+        _fail(
+            body, patch, status, meta, "ResultMissing", f"the SfM pod succeeded but {job.sfm_result}: {exc}"
+        )
         return
     _record_sfm(patch, result)
     if not result.ok:  # exit 0 always means ok; guard against a result from another run
@@ -373,7 +381,9 @@ def _finish_failure(body: Any, status: Any, meta: Any, patch: kopf.Patch, job: A
 
 
 @kopf.on.field(*RESOURCE, field="spec.cancel", new=True)
-def cancel_requested(body: Any, status: Any, meta: Any, patch: kopf.Patch, sfm_pods: kopf.Index, **_: Any) -> None:
+def cancel_requested(
+    body: Any, status: Any, meta: Any, patch: kopf.Patch, sfm_pods: kopf.Index, **_: Any
+) -> None:
     if status.get("phase") in ("Queued", "Reconstructing", "Pending", None):
         _cancel(body, status, meta, patch, sfm_pods)
 
@@ -410,7 +420,9 @@ def cleanup(body: Any, spec: Any, meta: Any, sfm_pods: kopf.Index, **_: Any) -> 
         except jobfiles.JobDirError:
             job = None
         if job is not None and jobfiles.remove(CFG.data_dir, job):
-            kopf.event(body, type="Normal", reason="FilesDeleted", message=f"deleted working files {job.root}")
+            kopf.event(
+                body, type="Normal", reason="FilesDeleted", message=f"deleted working files {job.root}"
+            )
             log.info("%s/%s: deleted %s", ns, meta["name"], job.root)
     metrics.JOBS_BY_PHASE.observe(uid, None)
 
@@ -431,7 +443,9 @@ def retention(body: Any, spec: Any, status: Any, meta: Any, **_: Any) -> None:
     age = _seconds_since(finished)
     if age is None or age < ttl:
         return
-    message = f"retention: finished at {finished}, ttlSecondsAfterFinished={ttl}; deleting the job and its files"
+    message = (
+        f"retention: finished at {finished}, ttlSecondsAfterFinished={ttl}; deleting the job and its files"
+    )
     kopf.event(body, type="Normal", reason="RetentionExpired", message=message)
     log.info("%s/%s: %s", meta["namespace"], meta["name"], message)
     try:

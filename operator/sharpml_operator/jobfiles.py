@@ -15,7 +15,9 @@ def job_dir(data_root: Path, rel: str) -> JobDir:
     """``rel`` (spec.source.upload.jobDir) resolved below the data root; never escapes it."""
     parts = PurePosixPath(rel).parts
     if not rel or PurePosixPath(rel).is_absolute() or any(p in ("..", ".") for p in parts):
-        raise JobDirError(f"spec.source.upload.jobDir={rel!r}: must be a relative path inside the data volume")
+        raise JobDirError(
+            f"spec.source.upload.jobDir={rel!r}: must be a relative path inside the data volume"
+        )
     return JobDir(data_root.joinpath(*parts))
 
 

@@ -13,7 +13,9 @@ PHASES = (
     "Cancelled",
 )  # fmt: skip
 
-QUEUE_DEPTH = Gauge("sharpml_sfm_queue_depth", "SharpJobs waiting in the SfM queue (phase Queued, no pod yet).")
+QUEUE_DEPTH = Gauge(
+    "sharpml_sfm_queue_depth", "SharpJobs waiting in the SfM queue (phase Queued, no pod yet)."
+)
 SFM_RUNNING = Gauge("sharpml_sfm_running_pods", "SfM pods that occupy a slot on the SfM node.")
 PODS_CREATED = Counter("sharpml_sfm_pods_created_total", "SfM pods created by this operator process.")
 STAGE_SECONDS = Histogram(

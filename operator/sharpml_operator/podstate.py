@@ -66,7 +66,9 @@ def classify(pod: dict[str, Any], *, start_timeout: float, now: datetime | None 
     deadline = pod.get("spec", {}).get("activeDeadlineSeconds")
 
     if phase == "Succeeded":
-        return PodState("succeeded", "Succeeded", "structure from motion finished", terminated.get("exitCode", 0))
+        return PodState(
+            "succeeded", "Succeeded", "structure from motion finished", terminated.get("exitCode", 0)
+        )
     if phase == "Failed":
         if status.get("reason") == "DeadlineExceeded":
             return PodState(
@@ -94,7 +96,10 @@ def classify(pod: dict[str, Any], *, start_timeout: float, now: datetime | None 
             return PodState("failed", "QualityGate", "the reconstruction failed the quality gate", code)
         detail = (terminated.get("message") or "").strip().splitlines()[-1:] or [terminated.get("reason", "")]
         return PodState(
-            "failed", "SfmFailed", f"structure from motion failed (exit code {code}): {detail[0]}".strip(), code
+            "failed",
+            "SfmFailed",
+            f"structure from motion failed (exit code {code}): {detail[0]}".strip(),
+            code,
         )
     if phase == "Running":
         return PodState("running", "Running", "structure from motion running")

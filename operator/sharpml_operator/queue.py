@@ -31,7 +31,9 @@ class QueuedJob:
 
 def waiting(jobs: Iterable[QueuedJob], admitted: set[str]) -> list[QueuedJob]:
     """Queued jobs without a pod, in service order."""
-    return sorted((j for j in jobs if j.phase == "Queued" and j.uid not in admitted), key=lambda j: j.order_key)
+    return sorted(
+        (j for j in jobs if j.phase == "Queued" and j.uid not in admitted), key=lambda j: j.order_key
+    )
 
 
 def occupied(jobs: Iterable[QueuedJob], active_pod_uids: set[str]) -> set[str]:
@@ -58,6 +60,10 @@ def decide(uid: str, jobs: list[QueuedJob], active_pod_uids: set[str], concurren
     free = max(0, concurrency - len(busy))
     for pos, job in enumerate(line):
         if job.uid == uid:
-            return Decision(admit=pos < free, position=None if pos < free else pos - free, free_slots=free,
-                            depth=len(line))
+            return Decision(
+                admit=pos < free,
+                position=None if pos < free else pos - free,
+                free_slots=free,
+                depth=len(line),
+            )
     return Decision(admit=False, position=None, free_slots=free, depth=len(line))

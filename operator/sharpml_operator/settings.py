@@ -16,7 +16,9 @@ from typing import Any
 from sharpml.config import ConfigError, default_data_dir, job_timeout_seconds
 
 DEFAULT_NODE_SELECTOR = {"sharpml.com/role": "sfm"}
-DEFAULT_TOLERATIONS = [{"key": "sharpml.com/sfm", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
+DEFAULT_TOLERATIONS = [
+    {"key": "sharpml.com/sfm", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+]
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -126,7 +128,9 @@ class Settings:
         )
         pull = env.get("SHARPML_SFM_IMAGE_PULL_POLICY") or cls.image_pull_policy
         if pull not in ("Always", "IfNotPresent", "Never"):
-            raise ConfigError(f"SHARPML_SFM_IMAGE_PULL_POLICY={pull!r}: must be Always, IfNotPresent or Never")
+            raise ConfigError(
+                f"SHARPML_SFM_IMAGE_PULL_POLICY={pull!r}: must be Always, IfNotPresent or Never"
+            )
         return cls(
             image=env.get("SHARPML_SFM_IMAGE") or cls.image,
             image_pull_policy=pull,

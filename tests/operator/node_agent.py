@@ -41,6 +41,7 @@ from kubernetes.client.exceptions import ApiException
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = REPO / "hack" / "containers.conf"
+LIFECYCLE_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 PIDS_LIMIT = 1024  # the node's podPidsLimit
 log = logging.getLogger("node-agent")
 
@@ -116,8 +117,12 @@ class NodeAgent:
         for rp in list(self.running.values()):
             self._podman("rm", "-f", "-t", "0", rp.container, check=False)
 
-    def _podman(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["podman", *args], capture_output=True, text=True, env=self.env, timeout=timeout)
+    def _podman(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["podman", *args], capture_output=True, text=True, env=self.env, timeout=timeout
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"podman {' '.join(args[:3])}... failed: {proc.stderr.strip()}")
         return proc
@@ -144,13 +149,29 @@ class NodeAgent:
         transition = ready.last_transition_time if ready is not None and ready.status == "True" else now
         conds.append(
             kubernetes.client.V1NodeCondition(
-                type="Ready", status="True", reason="KubeletReady",
+                type="Ready",
+                status="True",
+                reason="KubeletReady",
                 message="sharpml test node agent is posting ready status (podman)",
-                last_heartbeat_time=now, last_transition_time=transition,
+                last_heartbeat_time=now,
+                last_transition_time=transition,
             )  # fmt: skip
         )
         node.status.conditions = conds
         self.core.replace_node_status(self.node_name, node)
+        self._clear_lifecycle_taints()
+
+    def _clear_lifecycle_taints(self) -> None:
+        """Do the node lifecycle controller's part for a Ready node: drop the not-ready/unreachable taints
+        (the TaintNodesByCondition admission adds not-ready to every new Node; the development control
+        plane runs without that controller because its other nodes have no kubelet)."""
+        node = self.core.read_node(self.node_name)
+        taints = node.spec.taints or []
+        keep = [t for t in taints if t.key not in LIFECYCLE_TAINTS]
+        if len(keep) != len(taints):
+            self.core.patch_node(
+                self.node_name, {"spec": {"taints": [t.to_dict() for t in keep] or None}}
+            )
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
@@ -236,7 +257,12 @@ class NodeAgent:
             conditions=self._conditions(pod, ready=False),
             container_statuses=[
                 kubernetes.client.V1ContainerStatus(
-                    name=c.name, image=c.image, image_id="", ready=False, restart_count=0, started=False,
+                    name=c.name,
+                    image=c.image,
+                    image_id="",
+                    ready=False,
+                    restart_count=0,
+                    started=False,
                     state=kubernetes.client.V1ContainerState(
                         waiting=kubernetes.client.V1ContainerStateWaiting(reason=reason, message=message)
                     ),
@@ -279,7 +305,12 @@ class NodeAgent:
             conditions=self._conditions(pod, ready=True),
             container_statuses=[
                 kubernetes.client.V1ContainerStatus(
-                    name=c.name, image=c.image, image_id=image_id, ready=True, restart_count=0, started=True,
+                    name=c.name,
+                    image=c.image,
+                    image_id=image_id,
+                    ready=True,
+                    restart_count=0,
+                    started=True,
                     container_id=f"podman://{name}",
                     state=kubernetes.client.V1ContainerState(
                         running=kubernetes.client.V1ContainerStateRunning(started_at=now)
@@ -307,10 +338,14 @@ class NodeAgent:
         code = int(state.get("ExitCode", 0))
         logs = self._podman("logs", rp.container, check=False)
         output = (logs.stdout + logs.stderr)[-4096:]
-        (self.state_dir / f"{pod.metadata.namespace}_{pod.metadata.name}.log").write_text(logs.stdout + logs.stderr)
+        (self.state_dir / f"{pod.metadata.namespace}_{pod.metadata.name}.log").write_text(
+            logs.stdout + logs.stderr
+        )
         oom = bool(state.get("OOMKilled")) or (code == 137 and not rp.stopped_by_us)
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
-        message = output.strip() if code != 0 and c.termination_message_policy == "FallbackToLogsOnError" else None
+        message = (
+            output.strip() if code != 0 and c.termination_message_policy == "FallbackToLogsOnError" else None
+        )
         if message:
             message = "\n".join(message.splitlines()[-80:])[-2048:]
         terminated = kubernetes.client.V1ContainerStateTerminated(
@@ -321,14 +356,22 @@ class NodeAgent:
         phase = "Succeeded" if code == 0 and not rp.stopped_by_us else "Failed"
         extra: dict[str, Any] = {}
         if rp.stopped_by_us == "deadline":
-            extra = {"reason": "DeadlineExceeded", "message": "Pod was active on the node longer than the specified deadline"}
+            extra = {
+                "reason": "DeadlineExceeded",
+                "message": "Pod was active on the node longer than the specified deadline",
+            }
         self._set_status(
             pod,
             phase=phase,
             conditions=self._conditions(pod, ready=False),
             container_statuses=[
                 kubernetes.client.V1ContainerStatus(
-                    name=c.name, image=c.image, image_id="", ready=False, restart_count=0, started=False,
+                    name=c.name,
+                    image=c.image,
+                    image_id="",
+                    ready=False,
+                    restart_count=0,
+                    started=False,
                     container_id=f"podman://{rp.container}",
                     state=kubernetes.client.V1ContainerState(terminated=terminated),
                 )  # fmt: skip
@@ -363,7 +406,9 @@ class NodeAgent:
         if non_root and uid == 0:
             raise PodConfigError("container has runAsNonRoot and image will run as root")
         if uid is not None:
-            args.append(f"--user={uid}:{gid if gid is not None else uid}" if gid is not None else f"--user={uid}")
+            args.append(
+                f"--user={uid}:{gid if gid is not None else uid}" if gid is not None else f"--user={uid}"
+            )
         groups = list(psc.supplemental_groups or [])
         if psc.fs_group is not None:
             groups.append(psc.fs_group)
@@ -379,7 +424,7 @@ class NodeAgent:
         if caps is not None:
             args += [f"--cap-drop={x}" for x in caps.drop or []]
             args += [f"--cap-add={x}" for x in caps.add or []]
-        seccomp = (csc.seccomp_profile or psc.seccomp_profile)
+        seccomp = csc.seccomp_profile or psc.seccomp_profile
         if seccomp is not None and seccomp.type == "Unconfined":
             args.append("--security-opt=seccomp=unconfined")
 
@@ -408,8 +453,12 @@ class NodeAgent:
         if self._podman("image", "exists", c.image, check=False).returncode == 0:
             return
         if c.image_pull_policy == "Never":
-            raise _ImageMissing("ErrImageNeverPull", f'Container image "{c.image}" is not present with pull policy of Never')
-        raise _ImageMissing("ImagePullBackOff", f'Back-off pulling image "{c.image}": no registry reachable from this node')
+            raise _ImageMissing(
+                "ErrImageNeverPull", f'Container image "{c.image}" is not present with pull policy of Never'
+            )
+        raise _ImageMissing(
+            "ImagePullBackOff", f'Back-off pulling image "{c.image}": no registry reachable from this node'
+        )
 
     def _mounts(self, pod: Any, c: Any, fs_group: int | None) -> list[str]:
         volumes = {v.name: v for v in pod.spec.volumes or []}
@@ -427,7 +476,9 @@ class NodeAgent:
                 root.chmod(0o777)
                 read_only = bool(m.read_only)
             else:
-                raise PodConfigError(f"volume {m.name}: only persistentVolumeClaim and emptyDir are supported")
+                raise PodConfigError(
+                    f"volume {m.name}: only persistentVolumeClaim and emptyDir are supported"
+                )
             src = root
             if m.sub_path:
                 sub = PurePosixPath(m.sub_path)
@@ -454,7 +505,9 @@ class NodeAgent:
         pv = self.core.read_persistent_volume(pvc.spec.volume_name)
         source = pv.spec.local or pv.spec.host_path
         if source is None:
-            raise PodConfigError(f"PersistentVolume {pv.metadata.name}: only local and hostPath volumes are supported")
+            raise PodConfigError(
+                f"PersistentVolume {pv.metadata.name}: only local and hostPath volumes are supported"
+            )
         return Path(source.path)
 
 
