@@ -88,6 +88,8 @@ class NodeAgent:
     poll_seconds: float = 0.3
     #: Every podman command line it ran, for assertions on what the sandbox looked like.
     launched: list[list[str]] = field(default_factory=list)
+    #: (namespace/pod name, wall-clock start, wall-clock end) of every container that ran to an end.
+    history: list[tuple[str, float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.api = kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
@@ -285,7 +287,7 @@ class NodeAgent:
             return
         name = f"k8s_{c.name}_{pod.metadata.name}_{pod.metadata.namespace}_{pod.metadata.uid[:8]}"
         self._podman("rm", "-f", name, check=False)
-        self.launched.append(args)
+        self.launched.append([f"{pod.metadata.namespace}/{pod.metadata.name}", *args])
         proc = self._podman("run", "-d", "--name", name, *args, check=False)
         if proc.returncode != 0:
             self._waiting(pod, "RunContainerError", proc.stderr.strip()[-1000:])
@@ -381,6 +383,7 @@ class NodeAgent:
         self._podman("rm", "-f", rp.container, check=False)
         self.running.pop(pod.metadata.uid, None)
         self.finished.add(pod.metadata.uid)
+        self.history.append((f"{pod.metadata.namespace}/{pod.metadata.name}", rp.started, time.time()))
 
     # --- pod spec -> podman ---------------------------------------------------------------------------
 

@@ -3,15 +3,19 @@ and COLMAP run by podman from the project's SfM image, in the sandbox the pod sp
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sharpml.sfm import SfmResult
 from sharpml.splat import read_splat
 from tests.operator.conftest import create, events_for, sfm_pods, sharpjob, wait_phase
 
-pytestmark = [pytest.mark.cluster, pytest.mark.podman, pytest.mark.slow]
 
 
+@pytest.mark.cluster
+@pytest.mark.podman
+@pytest.mark.slow
 def test_sharpjob_reaches_reconstructed(control_plane, namespace, data_volume, start_operator, node_agent,
                                          scene_uploads, sfm_node):  # fmt: skip
     op = start_operator()
@@ -51,9 +55,20 @@ def test_sharpjob_reaches_reconstructed(control_plane, namespace, data_volume, s
     assert pod["status"]["phase"] == "Succeeded"
     assert pod["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
     assert pod["metadata"]["name"] == f"sfm-{job['metadata']['uid']}"
-    launched = next(a for a in node_agent.launched if pod["metadata"]["name"].replace("sfm-", "")[:8] in " ".join(a) or True)
-    for flag in ("--network=none", "--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--user=10001:10001"):
-        assert any(a == flag for a in node_agent.launched[-1]), (flag, launched)
+    (launched,) = [a[1:] for a in node_agent.launched if a[0] == f"{namespace}/{pod['metadata']['name']}"]
+    for flag in ("--network=none", "--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges",
+                 "--user=10001:10001", "--memory=2147483648b", "--cpus=2"):  # fmt: skip
+        assert flag in launched, (flag, launched)
+    assert '--entrypoint=["python", "-m", "sharpml.sfm"]' in launched
+    image_at = launched.index(pod["spec"]["containers"][0]["image"])
+    assert launched[image_at + 1 :] == ["/job", "--matcher", "auto", "--mapper", "auto", "--max-image-size", "3200",
+                                        "--threads", "2"]  # fmt: skip
+    mounts = [a for a in launched if a.startswith("--mount=")]
+    assert mounts == [
+        f"--mount=type=bind,src={job_root},dst=/job,ro=true",
+        f"--mount=type=bind,src={job_root / 'colmap'},dst=/job/colmap",
+        f"--mount=type=bind,src={node_agent.state_dir / 'pods' / pod['metadata']['uid'] / 'volumes' / 'tmp'},dst=/tmp",
+    ]
 
     # The deny-all NetworkPolicy selects the pod.
     pol = control_plane.get_json("networkpolicy", "sharpml-sandbox-deny-all", "-n", namespace)
@@ -65,3 +80,16 @@ def test_sharpjob_reaches_reconstructed(control_plane, namespace, data_volume, s
     metrics = op.metrics()
     assert 'sharpml_jobs{phase="Reconstructed"} 1.0' in metrics
     assert "sharpml_stage_duration_seconds_count{stage=\"sfm\"} 1.0" in metrics
+
+
+@pytest.mark.cluster
+def test_namespace_enforces_restricted_pod_security(control_plane, namespace):
+    """The control for the sandbox tests: this namespace really refuses a pod that is not "restricted"."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "plain"},
+        "spec": {"containers": [{"name": "c", "image": "localhost/sharpml-sfm:latest"}]},
+    }
+    proc = control_plane.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(pod), check=False)
+    assert proc.returncode != 0 and "violates PodSecurity" in proc.stderr and "restricted" in proc.stderr

@@ -1,0 +1,77 @@
+"""The SfM queue (concurrency 1, first come first served) and operator restarts at any moment."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.operator.conftest import create, get_job, sfm_pods, sharpjob, wait_for, wait_phase
+
+pytestmark = [pytest.mark.cluster, pytest.mark.podman, pytest.mark.slow]
+
+
+def _phase(job):
+    return job.get("status", {}).get("phase")
+
+
+def test_restart_during_queued_and_reconstructing(control_plane, namespace, data_volume, start_operator,
+                                                  node_agent, scene_uploads):  # fmt: skip
+    cp, ns = control_plane, namespace
+    op = start_operator(sfm_concurrency="1")
+    create(cp, ns, sharpjob("first", data_volume.new_job(scene_uploads), len(scene_uploads)))
+    wait_phase(cp, ns, "first", "Reconstructing", operator=op)
+    create(cp, ns, sharpjob("second", data_volume.new_job(scene_uploads), len(scene_uploads)))
+    wait_for(cp, ns, "second", lambda j: j.get("status", {}).get("queuePosition") == 0, what="queue position 0",
+             operator=op)  # fmt: skip
+    (pod_before,) = sfm_pods(cp, ns)
+
+    op.kill()  # SIGKILL while "first" is Reconstructing and "second" is Queued
+    time.sleep(1.0)
+    assert _phase(get_job(cp, ns, "first")) in ("Reconstructing",)
+    assert _phase(get_job(cp, ns, "second")) == "Queued"
+    op.start()
+
+    for name in ("first", "second"):
+        job = wait_phase(cp, ns, name, "Reconstructed", "Failed", timeout=180, operator=op)
+        assert _phase(job) == "Reconstructed", job["status"]
+    pods = sfm_pods(cp, ns)
+    uids = {get_job(cp, ns, n)["metadata"]["uid"] for n in ("first", "second")}
+    assert sorted(p["metadata"]["name"] for p in pods) == sorted(f"sfm-{u}" for u in uids)
+    first_pod = next(p for p in pods if p["metadata"]["name"] == pod_before["metadata"]["name"])
+    assert first_pod["metadata"]["uid"] == pod_before["metadata"]["uid"], "the running pod was replaced"
+    ran = [name for name, _, _ in node_agent.history if name.startswith(f"{ns}/")]
+    assert sorted(ran) == sorted(f"{ns}/{p['metadata']['name']}" for p in pods), ran  # each ran exactly once
+
+
+def test_queue_runs_five_jobs_one_at_a_time_in_creation_order(control_plane, namespace, data_volume,
+                                                              start_operator, node_agent, scene_uploads):  # fmt: skip
+    cp, ns = control_plane, namespace
+    op = start_operator(sfm_concurrency="1")
+    names = [f"job-{i}" for i in range(5)]
+    dirs = [data_volume.new_job(scene_uploads) for _ in names]
+    for name, d in zip(names, dirs, strict=True):
+        create(cp, ns, sharpjob(name, d, len(scene_uploads)))
+
+    # While the first runs, the other four wait with positions 0..3 in creation order.
+    def positions():
+        return [get_job(cp, ns, n).get("status", {}).get("queuePosition") for n in names[1:]]
+
+    deadline = time.monotonic() + 30
+    while positions() != [0, 1, 2, 3] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert positions() == [0, 1, 2, 3], op.log()
+    assert _phase(get_job(cp, ns, names[0])) == "Reconstructing"
+    assert 'sharpml_sfm_queue_depth 4.0' in op.metrics()
+
+    for name in names:
+        job = wait_phase(cp, ns, name, "Reconstructed", "Failed", timeout=240, operator=op)
+        assert _phase(job) == "Reconstructed", job["status"]
+
+    uid_of = {n: get_job(cp, ns, n)["metadata"]["uid"] for n in names}
+    runs = {name: (start, end) for name, start, end in node_agent.history if name.startswith(f"{ns}/")}
+    order = [runs[f"{ns}/sfm-{uid_of[n]}"] for n in names]
+    assert [s for s, _ in order] == sorted(s for s, _ in order), "not in creation order"
+    for (_, end), (start, _) in zip(order, order[1:], strict=False):
+        assert start >= end, "two SfM pods ran at once with concurrency 1"
+    assert len(sfm_pods(cp, ns)) == 5
