@@ -75,8 +75,22 @@ def _core() -> kubernetes.client.CoreV1Api:
 # --- indexes: the queue's view of the cluster ------------------------------------------------------------
 
 
+#: The smallest resourceVersion this process has seen per job uid. The first event of a new object carries
+#: the etcd revision that created it, so this orders jobs created within the same second (creation
+#: timestamps have one-second resolution). Persisted as status.queueSequence when the job is queued.
+_FIRST_REVISION: dict[str, int] = {}
+
+
+def _revision(meta: Any) -> int:
+    try:
+        return int(meta.get("resourceVersion") or 0)
+    except ValueError:  # resourceVersion is opaque by contract; etcd-backed apiservers use revisions
+        return 0
+
+
 @kopf.index(*RESOURCE)
 def sharpjob_queue(uid: str, namespace: str, name: str, meta: Any, status: Any, **_: Any) -> dict[None, Any]:
+    first = _FIRST_REVISION.setdefault(uid, _revision(meta))
     return {
         None: QueuedJob(
             uid=uid,
@@ -84,7 +98,7 @@ def sharpjob_queue(uid: str, namespace: str, name: str, meta: Any, status: Any, 
             name=name,
             phase=status.get("phase") or "",
             created=meta.get("creationTimestamp") or "",
-            queued_at=(status.get("timestamps") or {}).get("queuedAt") or "",
+            sequence=int(status.get("queueSequence") or first),
         )
     }
 
@@ -176,13 +190,13 @@ def enqueue(
     except (jobfiles.JobDirError, OSError) as exc:
         _fail(body, patch, status, meta, "JobDirMissing", str(exc))
         return
-    queued_at = _stamp(patch, status, "queuedAt", precise=True)
+    _stamp(patch, status, "queuedAt")
+    sequence = _FIRST_REVISION.get(meta["uid"]) or _revision(meta)
+    patch.status["queueSequence"] = sequence
     if spec.get("cancel"):
         _transition(body, patch, status, meta, "Cancelled", "Cancelled", "cancelled before it started")
         return
-    me = QueuedJob(
-        meta["uid"], meta["namespace"], meta["name"], "Queued", meta["creationTimestamp"], queued_at
-    )
+    me = QueuedJob(meta["uid"], meta["namespace"], meta["name"], "Queued", meta["creationTimestamp"], sequence)
     jobs = [j for j in sharpjob_queue.get(None, []) if j.uid != me.uid] + [me]
     _transition(body, patch, status, meta, "Queued", "Queued", "waiting for the SfM node")
     _advance_queued(body, spec, {**status, **patch.status}, meta, patch, jobs, sfm_pods)
@@ -216,6 +230,7 @@ def _advance_queued(
     uid = meta["uid"]
     active = _active_pod_uids(pods)
     decision = decide(uid, jobs, active, CFG.concurrency)
+    log.debug("queue %s: %s jobs=%s active=%s", meta["name"], decision, [(j.name, j.phase) for j in jobs], active)
     metrics.QUEUE_DEPTH.set(decision.depth)
     metrics.SFM_RUNNING.set(len(active))
     if _pod_of(uid, pods) is not None or decision.admit:
@@ -425,6 +440,7 @@ def cleanup(body: Any, spec: Any, meta: Any, sfm_pods: kopf.Index, **_: Any) -> 
             )
             log.info("%s/%s: deleted %s", ns, meta["name"], job.root)
     metrics.JOBS_BY_PHASE.observe(uid, None)
+    _FIRST_REVISION.pop(uid, None)
 
 
 # --- retention -----------------------------------------------------------------------------------------

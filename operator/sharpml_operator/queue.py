@@ -20,20 +20,24 @@ class QueuedJob:
     name: str
     phase: str
     created: str  # metadata.creationTimestamp (RFC 3339, second precision)
-    queued_at: str  # status.timestamps.queuedAt (microsecond precision, set when first queued)
+    sequence: int  # status.queueSequence: the etcd revision that created the job (see handlers)
 
     @property
-    def order_key(self) -> tuple[str, str, str, str]:
-        # Creation time first (what "first come" means to a user, and stable across operator restarts);
-        # jobs created in the same second keep the order in which the operator first queued them.
-        return (self.created, self.queued_at, self.namespace, self.name)
+    def order_key(self) -> tuple[str, int, str, str]:
+        # Creation time first (what "first come" means to a user, stable across operator restarts), then
+        # the creation revision, which orders jobs created within the same second.
+        return (self.created, self.sequence, self.namespace, self.name)
+
+
+#: Phases that wait for the SfM node. A job without a phase has not been looked at yet (just created, or
+#: the operator is starting): it counts as waiting, so a burst of new jobs cannot all see a free slot.
+WAITING_PHASES = ("Queued", "Pending", "")
 
 
 def waiting(jobs: Iterable[QueuedJob], admitted: set[str]) -> list[QueuedJob]:
-    """Queued jobs without a pod, in service order."""
-    return sorted(
-        (j for j in jobs if j.phase == "Queued" and j.uid not in admitted), key=lambda j: j.order_key
-    )
+    """Jobs waiting for a slot (no pod yet), in service order."""
+    line = (j for j in jobs if j.phase in WAITING_PHASES and j.uid not in admitted)
+    return sorted(line, key=lambda j: j.order_key)
 
 
 def occupied(jobs: Iterable[QueuedJob], active_pod_uids: set[str]) -> set[str]:

@@ -169,7 +169,7 @@ class OperatorProcess:
         log.write(f"\n=== start {self.starts}\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [str(OPERATOR), "--namespace", self.namespace, "--", "--log-format=plain"],
+            [str(OPERATOR), "--namespace", self.namespace, "--verbose", "--", "--log-format=plain"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         log.close()

@@ -57,11 +57,12 @@ def test_queue_runs_five_jobs_one_at_a_time_in_creation_order(control_plane, nam
     def positions():
         return [get_job(cp, ns, n).get("status", {}).get("queuePosition") for n in names[1:]]
 
+    wait_phase(cp, ns, names[0], "Reconstructing", timeout=30, operator=op)
     deadline = time.monotonic() + 30
     while positions() != [0, 1, 2, 3] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert positions() == [0, 1, 2, 3], op.log()
-    assert _phase(get_job(cp, ns, names[0])) == "Reconstructing"
+    assert [_phase(get_job(cp, ns, n)) for n in names] == ["Reconstructing"] + ["Queued"] * 4
     assert 'sharpml_sfm_queue_depth 4.0' in op.metrics()
 
     for name in names:
