@@ -8,12 +8,9 @@ from typing import Any
 FINISHED_PHASES = ("Complete", "Failed", "Cancelled")
 
 
-def now_rfc3339(precise: bool = False) -> str:
-    """UTC time as RFC 3339; ``precise`` keeps microseconds (queue ordering), else seconds."""
-    t = datetime.now(UTC)
-    if precise:
-        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+def now_rfc3339() -> str:
+    """UTC time as RFC 3339 with second precision, as Kubernetes writes timestamps."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(

@@ -64,8 +64,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics.serve(CFG.metrics_port)
     log.info(
         "sharpml-operator: image=%s concurrency=%d data=%s node selector=%s",
-        CFG.image, CFG.concurrency, CFG.data_dir, CFG.node_selector,
-    )  # fmt: skip
+        CFG.image,
+        CFG.concurrency,
+        CFG.data_dir,
+        CFG.node_selector,
+    )
 
 
 def _core() -> kubernetes.client.CoreV1Api:
@@ -148,9 +151,9 @@ def _transition(
     log.info("%s/%s: %s (%s) %s", meta["namespace"], meta["name"], phase, reason, message)
 
 
-def _stamp(patch: kopf.Patch, status: Any, key: str, precise: bool = False) -> str:
+def _stamp(patch: kopf.Patch, status: Any, key: str) -> str:
     ts = dict(patch.status.get("timestamps") or status.get("timestamps") or {})
-    ts.setdefault(key, now_rfc3339(precise))
+    ts.setdefault(key, now_rfc3339())
     patch.status["timestamps"] = ts
     return ts[key]
 
@@ -172,17 +175,29 @@ def _fail(body: Any, patch: kopf.Patch, status: Any, meta: Any, reason: str, mes
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 def enqueue(
-    body: Any, spec: Any, status: Any, meta: Any, patch: kopf.Patch, sharpjob_queue: kopf.Index,
-    sfm_pods: kopf.Index, **_: Any,
-) -> None:  # fmt: skip
+    body: Any,
+    spec: Any,
+    status: Any,
+    meta: Any,
+    patch: kopf.Patch,
+    sharpjob_queue: kopf.Index,
+    sfm_pods: kopf.Index,
+    **_: Any,
+) -> None:
     """A new job is checked and queued; an existing one (operator restart) is left to the timers."""
     metrics.JOBS_BY_PHASE.observe(meta["uid"], status.get("phase") or "Pending")
     if status.get("phase"):
         return
     upload = (spec.get("source") or {}).get("upload")
     if not upload:
-        _fail(body, patch, status, meta, "UnsupportedSource",
-              "only uploaded photos (spec.source.upload) can be processed by this release")  # fmt: skip
+        _fail(
+            body,
+            patch,
+            status,
+            meta,
+            "UnsupportedSource",
+            "only uploaded photos (spec.source.upload) can be processed by this release",
+        )
         return
     try:
         job = jobfiles.job_dir(CFG.data_dir, upload["jobDir"])
@@ -196,7 +211,9 @@ def enqueue(
     if spec.get("cancel"):
         _transition(body, patch, status, meta, "Cancelled", "Cancelled", "cancelled before it started")
         return
-    me = QueuedJob(meta["uid"], meta["namespace"], meta["name"], "Queued", meta["creationTimestamp"], sequence)
+    me = QueuedJob(
+        meta["uid"], meta["namespace"], meta["name"], "Queued", meta["creationTimestamp"], sequence
+    )
     jobs = [j for j in sharpjob_queue.get(None, []) if j.uid != me.uid] + [me]
     _transition(body, patch, status, meta, "Queued", "Queued", "waiting for the SfM node")
     _advance_queued(body, spec, {**status, **patch.status}, meta, patch, jobs, sfm_pods)
@@ -211,9 +228,15 @@ def _is_active_phase(status: Any, **_: Any) -> bool:
 
 @kopf.timer(*RESOURCE, interval=CFG.poll_seconds, when=_is_active_phase)
 def reconcile(
-    body: Any, spec: Any, status: Any, meta: Any, patch: kopf.Patch, sharpjob_queue: kopf.Index,
-    sfm_pods: kopf.Index, **_: Any,
-) -> None:  # fmt: skip
+    body: Any,
+    spec: Any,
+    status: Any,
+    meta: Any,
+    patch: kopf.Patch,
+    sharpjob_queue: kopf.Index,
+    sfm_pods: kopf.Index,
+    **_: Any,
+) -> None:
     """Level-triggered step of an active job: admit it, watch its pod, or finish it."""
     if spec.get("cancel"):
         _cancel(body, status, meta, patch, sfm_pods)
@@ -230,7 +253,6 @@ def _advance_queued(
     uid = meta["uid"]
     active = _active_pod_uids(pods)
     decision = decide(uid, jobs, active, CFG.concurrency)
-    log.debug("queue %s: %s jobs=%s active=%s", meta["name"], decision, [(j.name, j.phase) for j in jobs], active)
     metrics.QUEUE_DEPTH.set(decision.depth)
     metrics.SFM_RUNNING.set(len(active))
     if _pod_of(uid, pods) is not None or decision.admit:
@@ -253,9 +275,13 @@ def _start_sfm(body: Any, spec: Any, status: Any, meta: Any, patch: kopf.Patch) 
         return
     _ensure_network_policy(ns)
     manifest = sfm_pod(
-        job_name=meta["name"], job_uid=uid, namespace=ns, spec=dict(spec),
-        job_dir=spec["source"]["upload"]["jobDir"], settings=CFG,
-    )  # fmt: skip
+        job_name=meta["name"],
+        job_uid=uid,
+        namespace=ns,
+        spec=dict(spec),
+        job_dir=spec["source"]["upload"]["jobDir"],
+        settings=CFG,
+    )
     try:
         _core().create_namespaced_pod(ns, manifest)
         metrics.PODS_CREATED.inc()
@@ -267,15 +293,23 @@ def _start_sfm(body: Any, spec: Any, status: Any, meta: Any, patch: kopf.Patch) 
             _fail(body, patch, status, meta, "PodRejected", f"the SfM pod was refused: {_api_message(exc)}")
             return
         else:
-            raise kopf.TemporaryError(f"creating pod {manifest['metadata']['name']}: {exc.reason}", delay=2)
+            name = manifest["metadata"]["name"]
+            raise kopf.TemporaryError(f"creating pod {name}: {exc.reason}", delay=2) from exc
     started = _stamp(patch, status, "reconstructionStartedAt")
     waited = _seconds_since((status.get("timestamps") or {}).get("queuedAt"))
     if created and waited is not None:
         metrics.STAGE_SECONDS.labels(stage="queue").observe(max(0.0, waited))
     patch.status["progress"] = {"percent": 0, "stage": "structure from motion starting"}
     verb = "created" if created else "adopted"
-    _transition(body, patch, status, meta, "Reconstructing", "SfmStarted",
-                f"SfM pod {manifest['metadata']['name']} {verb} at {started}")  # fmt: skip
+    _transition(
+        body,
+        patch,
+        status,
+        meta,
+        "Reconstructing",
+        "SfmStarted",
+        f"SfM pod {manifest['metadata']['name']} {verb} at {started}",
+    )
 
 
 def _api_message(exc: ApiException) -> str:
@@ -362,10 +396,16 @@ def _finish_success(body: Any, status: Any, meta: Any, patch: kopf.Patch, job: A
     _stamp(patch, status, "reconstructedAt")
     patch.status["progress"] = {"percent": SFM_SHARE, "stage": "reconstructed"}
     _transition(
-        body, patch, status, meta, "Reconstructed", "SfmSucceeded",
+        body,
+        patch,
+        status,
+        meta,
+        "Reconstructed",
+        "SfmSucceeded",
         f"{result.registered}/{result.total} photos placed, {result.points} points, "
-        f"mean reprojection error {result.mean_reprojection_error} px; preview splat of {splats} splats ready",
-    )  # fmt: skip
+        f"mean reprojection error {result.mean_reprojection_error} px; "
+        f"preview splat of {splats} splats ready",
+    )
 
 
 def _record_sfm(patch: kopf.Patch, result: SfmResult) -> None:
@@ -466,9 +506,13 @@ def retention(body: Any, spec: Any, status: Any, meta: Any, **_: Any) -> None:
     log.info("%s/%s: %s", meta["namespace"], meta["name"], message)
     try:
         kubernetes.client.CustomObjectsApi().delete_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            PLURAL,
+            meta["name"],
             body=kubernetes.client.V1DeleteOptions(preconditions={"uid": meta["uid"]}),
-        )  # fmt: skip
+        )
     except ApiException as exc:
         if exc.status not in (404, 409):
             raise

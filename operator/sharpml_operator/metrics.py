@@ -9,9 +9,16 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 PHASES = (
-    "Pending", "Queued", "Reconstructing", "Reconstructed", "Training", "Delivering", "Complete", "Failed",
+    "Pending",
+    "Queued",
+    "Reconstructing",
+    "Reconstructed",
+    "Training",
+    "Delivering",
+    "Complete",
+    "Failed",
     "Cancelled",
-)  # fmt: skip
+)
 
 QUEUE_DEPTH = Gauge(
     "sharpml_sfm_queue_depth", "SharpJobs waiting in the SfM queue (phase Queued, no pod yet)."

@@ -76,7 +76,7 @@ def noise_uploads(tmp_path_factory: pytest.TempPathFactory) -> list[Upload]:
 
 @dataclass
 class DataVolume:
-    """The shared data volume of one test: a local PersistentVolume on the SfM node, claimed in its namespace."""
+    """One test's shared data volume: a local PersistentVolume on the SfM node, claimed in its namespace."""
 
     root: Path
     pv: str
@@ -113,9 +113,15 @@ def data_volume(
                 "nodeAffinity": {
                     "required": {
                         "nodeSelectorTerms": [
-                            {"matchExpressions": [
-                                {"key": "kubernetes.io/hostname", "operator": "In", "values": [sfm_node.name]}
-                            ]}
+                            {
+                                "matchExpressions": [
+                                    {
+                                        "key": "kubernetes.io/hostname",
+                                        "operator": "In",
+                                        "values": [sfm_node.name],
+                                    }
+                                ]
+                            }
                         ]
                     }
                 },
@@ -132,7 +138,7 @@ def data_volume(
                 "resources": {"requests": {"storage": "10Gi"}},
             },
         },
-    ]  # fmt: skip
+    ]
     for m in manifests:
         control_plane.kubectl("create", "-f", "-", input=json.dumps(m))
     control_plane.kubectl(
@@ -170,8 +176,11 @@ class OperatorProcess:
         log.flush()
         self.proc = subprocess.Popen(
             [str(OPERATOR), "--namespace", self.namespace, "--verbose", "--", "--log-format=plain"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         return self
 
@@ -201,9 +210,14 @@ class OperatorProcess:
 
 @pytest.fixture
 def start_operator(
-    control_plane: ControlPlane, namespace: str, data_volume: DataVolume, node_agent: NodeAgent, sfm_image: str,
-    tmp_path: Path, sharpjob_crd: str,
-) -> Iterator[Callable[..., OperatorProcess]]:  # fmt: skip
+    control_plane: ControlPlane,
+    namespace: str,
+    data_volume: DataVolume,
+    node_agent: NodeAgent,
+    sfm_image: str,
+    tmp_path: Path,
+    sharpjob_crd: str,
+) -> Iterator[Callable[..., OperatorProcess]]:
     """Start `sharpml-operator` for the test's namespace; keyword arguments become SHARPML_* settings."""
     started: list[OperatorProcess] = []
 
@@ -231,8 +245,17 @@ def start_operator(
     for op in started:
         op.stop()
     # Let the operators' finalizers not block namespace deletion: remove leftovers while one still runs.
-    control_plane.kubectl("patch", "sj", "--all", "-n", namespace, "--type=merge", "-p",
-                          '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+    control_plane.kubectl(
+        "patch",
+        "sj",
+        "--all",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"metadata":{"finalizers":null}}',
+        check=False,
+    )
 
 
 def sharpjob(name: str, job_dir: str, image_count: int, **spec: Any) -> dict[str, Any]:
@@ -257,9 +280,14 @@ def get_job(cp: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
 
 
 def wait_for(
-    cp: ControlPlane, namespace: str, name: str, predicate: Callable[[dict[str, Any]], bool],
-    timeout: float = 120, what: str = "", operator: OperatorProcess | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    cp: ControlPlane,
+    namespace: str,
+    name: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout: float = 120,
+    what: str = "",
+    operator: OperatorProcess | None = None,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -276,8 +304,14 @@ def wait_for(
 
 
 def wait_phase(cp: ControlPlane, namespace: str, name: str, *phases: str, **kw: Any) -> dict[str, Any]:
-    return wait_for(cp, namespace, name, lambda j: j.get("status", {}).get("phase") in phases,
-                    what=f"phase in {phases}", **kw)  # fmt: skip
+    return wait_for(
+        cp,
+        namespace,
+        name,
+        lambda j: j.get("status", {}).get("phase") in phases,
+        what=f"phase in {phases}",
+        **kw,
+    )
 
 
 def sfm_pods(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:

@@ -57,9 +57,16 @@ def _micro_now() -> str:
 def parse_quantity(q: str) -> float:
     """Kubernetes quantity -> number (bytes for memory, cores for cpu)."""
     units = {
-        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-        "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "m": 1e-3,
-    }  # fmt: skip
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "m": 1e-3,
+    }
     for suffix in sorted(units, key=len, reverse=True):
         if q.endswith(suffix):
             return float(q[: -len(suffix)]) * units[suffix]
@@ -157,7 +164,7 @@ class NodeAgent:
                 message="sharpml test node agent is posting ready status (podman)",
                 last_heartbeat_time=now,
                 last_transition_time=transition,
-            )  # fmt: skip
+            )
         )
         node.status.conditions = conds
         self.core.replace_node_status(self.node_name, node)
@@ -171,9 +178,7 @@ class NodeAgent:
         taints = node.spec.taints or []
         keep = [t for t in taints if t.key not in LIFECYCLE_TAINTS]
         if len(keep) != len(taints):
-            self.core.patch_node(
-                self.node_name, {"spec": {"taints": [t.to_dict() for t in keep] or None}}
-            )
+            self.core.patch_node(self.node_name, {"spec": {"taints": [t.to_dict() for t in keep] or None}})
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
@@ -224,9 +229,11 @@ class NodeAgent:
             self._podman("stop", "-t", str(int(grace)), rp.container, check=False, timeout=grace + 60)
             self._podman("rm", "-f", rp.container, check=False)
         self.core.delete_namespaced_pod(
-            pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0,
+            pod.metadata.name,
+            pod.metadata.namespace,
+            grace_period_seconds=0,
             body=kubernetes.client.V1DeleteOptions(grace_period_seconds=0, preconditions={"uid": uid}),
-        )  # fmt: skip
+        )
         self.finished.discard(uid)
 
     def _set_status(self, pod: Any, **status: Any) -> None:
@@ -268,7 +275,7 @@ class NodeAgent:
                     state=kubernetes.client.V1ContainerState(
                         waiting=kubernetes.client.V1ContainerStateWaiting(reason=reason, message=message)
                     ),
-                )  # fmt: skip
+                )
             ],
         )
 
@@ -317,7 +324,7 @@ class NodeAgent:
                     state=kubernetes.client.V1ContainerState(
                         running=kubernetes.client.V1ContainerStateRunning(started_at=now)
                     ),
-                )  # fmt: skip
+                )
             ],
         )
 
@@ -351,10 +358,13 @@ class NodeAgent:
         if message:
             message = "\n".join(message.splitlines()[-80:])[-2048:]
         terminated = kubernetes.client.V1ContainerStateTerminated(
-            exit_code=code, reason=reason, message=message,
-            started_at=datetime.fromtimestamp(rp.started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), finished_at=_now(),
+            exit_code=code,
+            reason=reason,
+            message=message,
+            started_at=datetime.fromtimestamp(rp.started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            finished_at=_now(),
             container_id=f"podman://{rp.container}",
-        )  # fmt: skip
+        )
         phase = "Succeeded" if code == 0 and not rp.stopped_by_us else "Failed"
         extra: dict[str, Any] = {}
         if rp.stopped_by_us == "deadline":
@@ -376,7 +386,7 @@ class NodeAgent:
                     started=False,
                     container_id=f"podman://{rp.container}",
                     state=kubernetes.client.V1ContainerState(terminated=terminated),
-                )  # fmt: skip
+                )
             ],
             **extra,
         )

@@ -12,12 +12,12 @@ from sharpml.splat import read_splat
 from tests.operator.conftest import create, events_for, sfm_pods, sharpjob, wait_phase
 
 
-
 @pytest.mark.cluster
 @pytest.mark.podman
 @pytest.mark.slow
-def test_sharpjob_reaches_reconstructed(control_plane, namespace, data_volume, start_operator, node_agent,
-                                         scene_uploads, sfm_node):  # fmt: skip
+def test_sharpjob_reaches_reconstructed(
+    control_plane, namespace, data_volume, start_operator, node_agent, scene_uploads, sfm_node
+):
     op = start_operator()
     job_dir = data_volume.new_job(scene_uploads)
     create(control_plane, namespace, sharpjob("chair", job_dir, len(scene_uploads)))
@@ -35,7 +35,10 @@ def test_sharpjob_reaches_reconstructed(control_plane, namespace, data_volume, s
     assert conds["Ready"]["status"] == "False"  # training and delivery are still to come
     assert "Failed" not in conds
     ts = status["timestamps"]
-    assert ts["queuedAt"] <= ts["reconstructionStartedAt"] and ts["reconstructionStartedAt"][:19] <= ts["reconstructedAt"]
+    assert (
+        ts["queuedAt"] <= ts["reconstructionStartedAt"]
+        and ts["reconstructionStartedAt"][:19] <= ts["reconstructedAt"]
+    )
     assert status["progress"]["percent"] == 30 and "queuePosition" not in status
 
     # The story, as `kubectl describe sj` tells it.
@@ -56,18 +59,35 @@ def test_sharpjob_reaches_reconstructed(control_plane, namespace, data_volume, s
     assert pod["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
     assert pod["metadata"]["name"] == f"sfm-{job['metadata']['uid']}"
     (launched,) = [a[1:] for a in node_agent.launched if a[0] == f"{namespace}/{pod['metadata']['name']}"]
-    for flag in ("--network=none", "--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges",
-                 "--user=10001:10001", "--memory=2147483648b", "--cpus=2"):  # fmt: skip
+    for flag in (
+        "--network=none",
+        "--read-only",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--user=10001:10001",
+        "--memory=2147483648b",
+        "--cpus=2",
+    ):
         assert flag in launched, (flag, launched)
     assert '--entrypoint=["python", "-m", "sharpml.sfm"]' in launched
     image_at = launched.index(pod["spec"]["containers"][0]["image"])
-    assert launched[image_at + 1 :] == ["/job", "--matcher", "auto", "--mapper", "auto", "--max-image-size", "3200",
-                                        "--threads", "2"]  # fmt: skip
+    assert launched[image_at + 1 :] == [
+        "/job",
+        "--matcher",
+        "auto",
+        "--mapper",
+        "auto",
+        "--max-image-size",
+        "3200",
+        "--threads",
+        "2",
+    ]
+    scratch = node_agent.state_dir / "pods" / pod["metadata"]["uid"] / "volumes" / "tmp"
     mounts = [a for a in launched if a.startswith("--mount=")]
     assert mounts == [
         f"--mount=type=bind,src={job_root},dst=/job,ro=true",
         f"--mount=type=bind,src={job_root / 'colmap'},dst=/job/colmap",
-        f"--mount=type=bind,src={node_agent.state_dir / 'pods' / pod['metadata']['uid'] / 'volumes' / 'tmp'},dst=/tmp",
+        f"--mount=type=bind,src={scratch},dst=/tmp",
     ]
 
     # The deny-all NetworkPolicy selects the pod.
@@ -79,7 +99,7 @@ def test_sharpjob_reaches_reconstructed(control_plane, namespace, data_volume, s
 
     metrics = op.metrics()
     assert 'sharpml_jobs{phase="Reconstructed"} 1.0' in metrics
-    assert "sharpml_stage_duration_seconds_count{stage=\"sfm\"} 1.0" in metrics
+    assert 'sharpml_stage_duration_seconds_count{stage="sfm"} 1.0' in metrics
 
 
 @pytest.mark.cluster

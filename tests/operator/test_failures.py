@@ -44,7 +44,9 @@ def test_out_of_memory(control_plane, namespace, data_volume, start_operator, sc
 @pytest.mark.slow
 def test_too_few_registered_photos(control_plane, namespace, data_volume, start_operator, noise_uploads):
     op = start_operator()
-    create(control_plane, namespace, sharpjob("noise", data_volume.new_job(noise_uploads), len(noise_uploads)))
+    create(
+        control_plane, namespace, sharpjob("noise", data_volume.new_job(noise_uploads), len(noise_uploads))
+    )
     status, cond = _failed(control_plane, namespace, "noise", op)
     assert cond["reason"] == "QualityGate"
     assert "could be placed" in status["message"], status["message"]
@@ -52,9 +54,13 @@ def test_too_few_registered_photos(control_plane, namespace, data_volume, start_
     assert status["sfm"]["registeredImages"] < 0.7 * len(noise_uploads)
 
 
-def test_missing_image_fails_with_pull_reason(control_plane, namespace, data_volume, start_operator, scene_uploads):
+def test_missing_image_fails_with_pull_reason(
+    control_plane, namespace, data_volume, start_operator, scene_uploads
+):
     op = start_operator(sfm_image="localhost/sharpml-sfm:does-not-exist")
-    create(control_plane, namespace, sharpjob("noimg", data_volume.new_job(scene_uploads), len(scene_uploads)))
+    create(
+        control_plane, namespace, sharpjob("noimg", data_volume.new_job(scene_uploads), len(scene_uploads))
+    )
     status, cond = _failed(control_plane, namespace, "noimg", op)
     assert cond["reason"] == "ImagePullFailed" and "ErrImageNeverPull" in status["message"]
 

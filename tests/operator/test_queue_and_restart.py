@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -15,15 +16,22 @@ def _phase(job):
     return job.get("status", {}).get("phase")
 
 
-def test_restart_during_queued_and_reconstructing(control_plane, namespace, data_volume, start_operator,
-                                                  node_agent, scene_uploads):  # fmt: skip
+def test_restart_during_queued_and_reconstructing(
+    control_plane, namespace, data_volume, start_operator, node_agent, scene_uploads
+):
     cp, ns = control_plane, namespace
     op = start_operator(sfm_concurrency="1")
     create(cp, ns, sharpjob("first", data_volume.new_job(scene_uploads), len(scene_uploads)))
     wait_phase(cp, ns, "first", "Reconstructing", operator=op)
     create(cp, ns, sharpjob("second", data_volume.new_job(scene_uploads), len(scene_uploads)))
-    wait_for(cp, ns, "second", lambda j: j.get("status", {}).get("queuePosition") == 0, what="queue position 0",
-             operator=op)  # fmt: skip
+    wait_for(
+        cp,
+        ns,
+        "second",
+        lambda j: j.get("status", {}).get("queuePosition") == 0,
+        what="queue position 0",
+        operator=op,
+    )
     (pod_before,) = sfm_pods(cp, ns)
 
     op.kill()  # SIGKILL while "first" is Reconstructing and "second" is Queued
@@ -44,8 +52,9 @@ def test_restart_during_queued_and_reconstructing(control_plane, namespace, data
     assert sorted(ran) == sorted(f"{ns}/{p['metadata']['name']}" for p in pods), ran  # each ran exactly once
 
 
-def test_queue_runs_five_jobs_one_at_a_time_in_creation_order(control_plane, namespace, data_volume,
-                                                              start_operator, node_agent, scene_uploads):  # fmt: skip
+def test_queue_runs_five_jobs_one_at_a_time_in_creation_order(
+    control_plane, namespace, data_volume, start_operator, node_agent, scene_uploads
+):
     cp, ns = control_plane, namespace
     op = start_operator(sfm_concurrency="1")
     names = [f"job-{i}" for i in range(5)]
@@ -63,7 +72,7 @@ def test_queue_runs_five_jobs_one_at_a_time_in_creation_order(control_plane, nam
         time.sleep(0.2)
     assert positions() == [0, 1, 2, 3], op.log()
     assert [_phase(get_job(cp, ns, n)) for n in names] == ["Reconstructing"] + ["Queued"] * 4
-    assert 'sharpml_sfm_queue_depth 4.0' in op.metrics()
+    assert "sharpml_sfm_queue_depth 4.0" in op.metrics()
 
     for name in names:
         job = wait_phase(cp, ns, name, "Reconstructed", "Failed", timeout=240, operator=op)
@@ -73,6 +82,6 @@ def test_queue_runs_five_jobs_one_at_a_time_in_creation_order(control_plane, nam
     runs = {name: (start, end) for name, start, end in node_agent.history if name.startswith(f"{ns}/")}
     order = [runs[f"{ns}/sfm-{uid_of[n]}"] for n in names]
     assert [s for s, _ in order] == sorted(s for s, _ in order), "not in creation order"
-    for (_, end), (start, _) in zip(order, order[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(order):
         assert start >= end, "two SfM pods ran at once with concurrency 1"
     assert len(sfm_pods(cp, ns)) == 5
