@@ -13,6 +13,7 @@ all freeze under it.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", "-n", action="append", default=[], help="watch only these namespaces")
     parser.add_argument("--leader-election", action="store_true", help="run only while holding the Lease")
     parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    parser.add_argument("--lease-duration", type=int, default=15, help="seconds before a standby takes over")
     parser.add_argument(
         "--liveness", default="", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
     )
@@ -41,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.leader_election:
         from sharpml_operator import leader
 
-        leader.acquire_then_keep(args.lease_namespace)  # blocks until this replica leads
+        logging.basicConfig(level=logging.INFO, format="%(message)s")  # kopf sets up logging later
+
+        leader.acquire_then_keep(
+            args.lease_namespace, duration=args.lease_duration
+        )  # blocks until this replica leads
     from kopf.cli import main as kopf_main  # after the Lease: a standby never starts watching
 
     kopf_args = ["run", "--standalone", "-m", "sharpml_operator.handlers"]

@@ -167,7 +167,7 @@ class OperatorProcess:
     metrics_port: int
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
-    extra_env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
 
     def start(self) -> OperatorProcess:
         self.starts += 1
@@ -175,7 +175,7 @@ class OperatorProcess:
         log.write(f"\n=== start {self.starts}\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [str(OPERATOR), "--namespace", self.namespace, "--verbose", "--", "--log-format=plain"],
+            [str(OPERATOR), "--namespace", self.namespace, *self.args, "--", "--log-format=plain"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -221,7 +221,7 @@ def start_operator(
     """Start `sharpml-operator` for the test's namespace; keyword arguments become SHARPML_* settings."""
     started: list[OperatorProcess] = []
 
-    def start(**settings: str) -> OperatorProcess:
+    def start(*args: str, **settings: str) -> OperatorProcess:
         port = _free_port()
         env = {
             **control_plane.env(),
@@ -237,7 +237,9 @@ def start_operator(
             "SHARPML_METRICS_PORT": str(port),
             **{f"SHARPML_{k.upper()}": str(v) for k, v in settings.items()},
         }
-        op = OperatorProcess(control_plane, namespace, env, tmp_path / f"operator-{len(started)}.log", port)
+        op = OperatorProcess(
+            control_plane, namespace, env, tmp_path / f"operator-{len(started)}.log", port, args=list(args)
+        )
         started.append(op.start())
         return op
 
