@@ -45,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")  # kopf sets up logging later
 
-        leader.acquire_then_keep(
-            args.lease_namespace, duration=args.lease_duration
-        )  # blocks until this replica leads
+        # Blocks until this replica leads.
+        leader.acquire_then_keep(args.lease_namespace, duration=args.lease_duration)
+        for handler in logging.getLogger().handlers[:]:  # kopf installs its own from here on
+            logging.getLogger().removeHandler(handler)
     from kopf.cli import main as kopf_main  # after the Lease: a standby never starts watching
 
     kopf_args = ["run", "--standalone", "-m", "sharpml_operator.handlers"]
