@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import pytest
 
-from tests.operator.conftest import create, get_job, sfm_pods, sharpjob, wait_for, wait_phase
+from tests.operator.conftest import create, events_for, get_job, sfm_pods, sharpjob, wait_for, wait_phase
 
 pytestmark = [pytest.mark.cluster, pytest.mark.podman, pytest.mark.slow]
 
@@ -85,3 +86,30 @@ def test_queue_runs_five_jobs_one_at_a_time_in_creation_order(
     for (_, end), (start, _) in itertools.pairwise(order):
         assert start >= end, "two SfM pods ran at once with concurrency 1"
     assert len(sfm_pods(cp, ns)) == 5
+
+
+def test_a_pod_created_before_a_crash_is_adopted_not_duplicated(control_plane, namespace, data_volume,
+                                                                start_operator, scene_uploads):  # fmt: skip
+    """The operator died after creating the SfM pod but before recording it in the job's status."""
+    from sharpml_operator.podspec import sfm_pod
+    from sharpml_operator.settings import Settings
+
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    op.kill()
+    job_dir = data_volume.new_job(scene_uploads)
+    create(cp, ns, sharpjob("orphan", job_dir, len(scene_uploads)))
+    job = get_job(cp, ns, "orphan")
+    pod = sfm_pod(
+        job_name="orphan", job_uid=job["metadata"]["uid"], namespace=ns, spec=job["spec"], job_dir=job_dir,
+        settings=Settings.from_env(op.env),
+    )  # fmt: skip
+    cp.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(pod))
+    (before,) = sfm_pods(cp, ns)
+
+    op.start()
+    done = wait_phase(cp, ns, "orphan", "Reconstructed", "Failed", timeout=180, operator=op)
+    assert done["status"]["phase"] == "Reconstructed", done["status"]
+    (after,) = sfm_pods(cp, ns)
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert "adopted" in " ".join(e["message"] for e in events_for(cp, ns, "orphan"))
