@@ -69,7 +69,10 @@ pick_base() {
 }
 
 base="$(pick_base)"
-base_id="$(podman image inspect -f '{{.Id}}' "$base")"
+# The base's identity: the mmdebstrap recipe key for the local base (a re-import gets a new image id but
+# has the same content), else the image id.
+base_id="$(podman image inspect -f '{{index .Labels "sharpml.base"}}' "$base")"
+[ -n "$base_id" ] && [ "$base_id" != "<no value>" ] || base_id="$(podman image inspect -f '{{.Id}}' "$base")"
 hash="$(
   cd "$REPO"
   { echo "$base_id"; cat images/sfm/Dockerfile pyproject.toml;
