@@ -152,6 +152,9 @@ def _ensure_node(cp: ControlPlane, name: str, labels: dict[str, str], taints: li
         }
     }
     cp.kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    # The TaintNodesByCondition admission taints every new Node not-ready; the node lifecycle controller
+    # (not run here: no kubelets) would lift it once the node is Ready. Do its part.
+    cp.kubectl("taint", "nodes", name, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.loggers = False  # events are the job's story, posted explicitly below
     # kopf logs every timer run ("Timer 'reconcile' succeeded"); transitions are logged below instead.
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
     metrics.serve(CFG.metrics_port)
@@ -490,7 +491,15 @@ def _is_finished(status: Any, **_: Any) -> bool:
     return status.get("phase") in FINISHED_PHASES
 
 
-@kopf.timer(*RESOURCE, interval=CFG.retention_check_seconds, when=_is_finished)
+# initial_delay: after a restart, let kopf's resume cycle for the object finish first. Deleting while it
+# still patches the object can make kopf's finalizer removal (a resourceVersion-tested JSON patch) fail with
+# no later event to retry on, which leaves the job stuck with its finalizer.
+@kopf.timer(
+    *RESOURCE,
+    interval=CFG.retention_check_seconds,
+    initial_delay=max(5.0, CFG.retention_check_seconds),
+    when=_is_finished,
+)
 def retention(body: Any, spec: Any, status: Any, meta: Any, **_: Any) -> None:
     """Delete a finished job (and through the finalizer its files) spec.ttlSecondsAfterFinished after
     status.timestamps.finishedAt. State is only in the status, so restarts change nothing."""

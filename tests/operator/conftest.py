@@ -32,6 +32,7 @@ from tests.operator.node_agent import NodeAgent, have_podman
 OPERATOR = Path(sys.executable).parent / "sharpml-operator"
 DATA_PVC = "sharpml-data"
 N_PHOTOS = 8
+VERBOSE = ["--verbose"] if os.environ.get("SHARPML_TEST_OPERATOR_VERBOSE") else []
 
 
 @pytest.fixture(scope="session")
@@ -175,7 +176,7 @@ class OperatorProcess:
         log.write(f"\n=== start {self.starts}\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [str(OPERATOR), "--namespace", self.namespace, *self.args, "--", "--log-format=plain"],
+            [str(OPERATOR), "--namespace", self.namespace, *self.args, *VERBOSE, "--", "--log-format=plain"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
