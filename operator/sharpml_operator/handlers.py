@@ -254,8 +254,6 @@ def _advance_queued(
     uid = meta["uid"]
     active = _active_pod_uids(pods)
     decision = decide(uid, jobs, active, CFG.concurrency)
-    metrics.QUEUE_DEPTH.set(decision.depth)
-    metrics.SFM_RUNNING.set(len(active))
     if _pod_of(uid, pods) is not None or decision.admit:
         _start_sfm(body, spec, status, meta, patch)
         return

@@ -20,10 +20,6 @@ PHASES = (
     "Cancelled",
 )
 
-QUEUE_DEPTH = Gauge(
-    "sharpml_sfm_queue_depth", "SharpJobs waiting in the SfM queue (phase Queued, no pod yet)."
-)
-SFM_RUNNING = Gauge("sharpml_sfm_running_pods", "SfM pods that occupy a slot on the SfM node.")
 PODS_CREATED = Counter("sharpml_sfm_pods_created_total", "SfM pods created by this operator process.")
 STAGE_SECONDS = Histogram(
     "sharpml_stage_duration_seconds",
@@ -51,6 +47,10 @@ class _PhaseCollector(Collector):
             else:
                 self._phases[uid] = phase
 
+    def count(self, phase: str) -> int:
+        with self._lock:
+            return sum(p == phase for p in self._phases.values())
+
     def collect(self):  # type: ignore[no-untyped-def]
         with self._lock:
             counts = dict.fromkeys(PHASES, 0)
@@ -64,6 +64,11 @@ class _PhaseCollector(Collector):
 
 JOBS_BY_PHASE = _PhaseCollector()
 REGISTRY.register(JOBS_BY_PHASE)
+# Computed at scrape time, so they can never be left stale by the last job that changed them.
+QUEUE_DEPTH = Gauge("sharpml_sfm_queue_depth", "SharpJobs waiting in the SfM queue (phase Queued).")
+QUEUE_DEPTH.set_function(lambda: JOBS_BY_PHASE.count("Queued"))
+SFM_RUNNING = Gauge("sharpml_sfm_running", "SharpJobs whose SfM pod runs (phase Reconstructing).")
+SFM_RUNNING.set_function(lambda: JOBS_BY_PHASE.count("Reconstructing"))
 
 
 def serve(port: int) -> None:
