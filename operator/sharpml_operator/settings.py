@@ -13,25 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sharpml.config import ConfigError, default_data_dir, job_timeout_seconds
+from sharpml.config import (
+    ConfigError,
+    _int,  # the core's parser of whole-number variables, same messages
+    default_data_dir,
+    job_timeout_seconds,
+)
 
 DEFAULT_NODE_SELECTOR = {"sharpml.com/role": "sfm"}
 DEFAULT_TOLERATIONS = [
     {"key": "sharpml.com/sfm", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 ]
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: must be a whole number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r}: must be at least {minimum}")
-    return value
 
 
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
