@@ -238,7 +238,10 @@ def reconcile(
     sfm_pods: kopf.Index,
     **_: Any,
 ) -> None:
-    """Level-triggered step of an active job: admit it, watch its pod, or finish it."""
+    """Level-triggered step of an active job: cancel it, admit it, watch its pod, or finish it.
+
+    Cancellation is handled here rather than in a field handler so that only one task ever moves a
+    job's phase (kopf runs timers concurrently with event handlers)."""
     if spec.get("cancel"):
         _cancel(body, status, meta, patch, sfm_pods)
         return
@@ -432,14 +435,6 @@ def _finish_failure(body: Any, status: Any, meta: Any, patch: kopf.Patch, job: A
 
 
 # --- cancel and delete ----------------------------------------------------------------------------------
-
-
-@kopf.on.field(*RESOURCE, field="spec.cancel", new=True)
-def cancel_requested(
-    body: Any, status: Any, meta: Any, patch: kopf.Patch, sfm_pods: kopf.Index, **_: Any
-) -> None:
-    if status.get("phase") in ("Queued", "Reconstructing", "Pending", None):
-        _cancel(body, status, meta, patch, sfm_pods)
 
 
 def _cancel(body: Any, status: Any, meta: Any, patch: kopf.Patch, pods: kopf.Index) -> None:

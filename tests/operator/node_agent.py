@@ -413,9 +413,10 @@ class NodeAgent:
         non_root = csc.run_as_non_root if csc.run_as_non_root is not None else psc.run_as_non_root
         if uid is None:
             image_user = self._podman("image", "inspect", "-f", "{{.Config.User}}", c.image).stdout.strip()
-            uid = int(image_user.split(":")[0]) if image_user.split(":")[0].isdigit() else None
+            name = image_user.split(":")[0]
+            uid = 0 if name in ("", "root") else int(name) if name.isdigit() else None
             if non_root and uid is None:
-                raise PodConfigError("runAsNonRoot: image has a non-numeric user; set runAsUser")
+                raise PodConfigError(f"container has runAsNonRoot and image has non-numeric user ({name})")
         if non_root and uid == 0:
             raise PodConfigError("container has runAsNonRoot and image will run as root")
         if uid is not None:
