@@ -57,6 +57,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix="sharpml.com", key="last-handled-configuration"
     )
     settings.posting.loggers = False  # events are the job's story, posted explicitly below
+    settings.posting.reporting_component = "sharpml-operator"  # the "From" column of kubectl describe
     # kopf logs every timer run ("Timer 'reconcile' succeeded"); transitions are logged below instead.
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
