@@ -1,0 +1,5 @@
+import sys
+
+from sharpml_operator.cli import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""The job's directory on the shared data volume, as the operator sees it (SHARPML_DATA_DIR)."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from sharpml.layout import DataDir, JobDir, make_dir, open_dir
+
+
+class JobDirError(ValueError):
+    """spec.source.upload.jobDir does not name a usable job directory."""
+
+
+def job_dir(data_root: Path, rel: str) -> JobDir:
+    """``rel`` (spec.source.upload.jobDir) resolved below the data root; never escapes it."""
+    parts = PurePosixPath(rel).parts
+    if not rel or PurePosixPath(rel).is_absolute() or any(p in ("..", ".") for p in parts):
+        raise JobDirError(
+            f"spec.source.upload.jobDir={rel!r}: must be a relative path inside the data volume"
+        )
+    return JobDir(data_root.joinpath(*parts))
+
+
+def check_ready(job: JobDir) -> None:
+    """The job directory holds what the SfM stage reads (images/ and intake.json from intake)."""
+    if not job.root.is_dir() or job.root.is_symlink():
+        raise JobDirError(f"job directory {job.root} does not exist")
+    if not job.intake_manifest.is_file() or not job.images.is_dir():
+        raise JobDirError(f"job directory {job.root} has no intake.json/images: intake did not complete")
+
+
+def prepare_output(job: JobDir) -> None:
+    """Create colmap/ (the pod's only writable mount), refusing a symlink planted in its place."""
+    with open_dir(job.root) as fd:
+        make_dir(fd, "colmap", exist_ok=True, mode=0o770)
+
+
+def remove(data_root: Path, job: JobDir) -> bool:
+    """Delete the job's files; True when something was removed."""
+    existed = job.root.exists() or job.root.is_symlink()
+    DataDir(data_root).remove_job(job)
+    return existed

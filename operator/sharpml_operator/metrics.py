@@ -1,0 +1,77 @@
+"""Prometheus metrics of the operator (served on SHARPML_METRICS_PORT, path /metrics)."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+PHASES = (
+    "Pending",
+    "Queued",
+    "Reconstructing",
+    "Reconstructed",
+    "Training",
+    "Delivering",
+    "Complete",
+    "Failed",
+    "Cancelled",
+)
+
+PODS_CREATED = Counter("sharpml_sfm_pods_created_total", "SfM pods created by this operator process.")
+STAGE_SECONDS = Histogram(
+    "sharpml_stage_duration_seconds",
+    "Duration of job stages: queue (queued -> SfM pod) and sfm (pod start -> result).",
+    ["stage"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, 86400),
+)
+FAILURES = Counter("sharpml_job_failures_total", "SharpJobs that ended Failed, by reason.", ["reason"])
+RETENTION_DELETIONS = Counter(
+    "sharpml_retention_deletions_total", "Finished SharpJobs deleted with their files after their TTL."
+)
+
+
+class _PhaseCollector(Collector):
+    """sharpml_jobs{phase}: computed at scrape time from the operator's view of every SharpJob."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._phases: dict[str, str] = {}
+
+    def observe(self, uid: str, phase: str | None) -> None:
+        with self._lock:
+            if phase is None:
+                self._phases.pop(uid, None)
+            else:
+                self._phases[uid] = phase
+
+    def count(self, phase: str) -> int:
+        with self._lock:
+            return sum(p == phase for p in self._phases.values())
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        with self._lock:
+            counts = dict.fromkeys(PHASES, 0)
+            for phase in self._phases.values():
+                counts[phase] = counts.get(phase, 0) + 1
+        family = GaugeMetricFamily("sharpml_jobs", "SharpJobs by phase.", labels=["phase"])
+        for phase, n in counts.items():
+            family.add_metric([phase], n)
+        yield family
+
+
+JOBS_BY_PHASE = _PhaseCollector()
+REGISTRY.register(JOBS_BY_PHASE)
+# Computed at scrape time, so they can never be left stale by the last job that changed them.
+QUEUE_DEPTH = Gauge("sharpml_sfm_queue_depth", "SharpJobs waiting in the SfM queue (phase Queued).")
+QUEUE_DEPTH.set_function(lambda: JOBS_BY_PHASE.count("Queued"))
+SFM_RUNNING = Gauge("sharpml_sfm_running", "SharpJobs whose SfM pod runs (phase Reconstructing).")
+SFM_RUNNING.set_function(lambda: JOBS_BY_PHASE.count("Reconstructing"))
+
+
+def serve(port: int) -> None:
+    """Start the /metrics endpoint (a daemon thread); port 0 turns it off."""
+    if port:
+        start_http_server(port)

@@ -1,0 +1,115 @@
+"""A SharpJob over synthetic photos reaches Reconstructed: real apiserver, scheduler, operator process,
+and COLMAP run by podman from the project's SfM image, in the sandbox the pod spec describes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sharpml.sfm import SfmResult
+from sharpml.splat import read_splat
+from tests.operator.conftest import create, events_for, sfm_pods, sharpjob, wait_phase
+
+
+@pytest.mark.cluster
+@pytest.mark.podman
+@pytest.mark.slow
+def test_sharpjob_reaches_reconstructed(
+    control_plane, namespace, data_volume, start_operator, node_agent, scene_uploads, sfm_node
+):
+    op = start_operator()
+    job_dir = data_volume.new_job(scene_uploads)
+    create(control_plane, namespace, sharpjob("chair", job_dir, len(scene_uploads)))
+
+    job = wait_phase(control_plane, namespace, "chair", "Reconstructed", "Failed", timeout=240, operator=op)
+    status = job["status"]
+    assert status["phase"] == "Reconstructed", status
+    assert status["observedGeneration"] == job["metadata"]["generation"]
+    assert status["sfm"]["totalImages"] == len(scene_uploads)
+    assert status["sfm"]["registeredImages"] == len(scene_uploads)
+    assert status["sfm"]["points"] >= 300
+    assert 0 <= status["sfm"]["meanReprojectionError"] < 2.0
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Reconstructed"]["status"] == "True" and conds["Reconstructed"]["reason"] == "SfmSucceeded"
+    assert conds["Ready"]["status"] == "False"  # training and delivery are still to come
+    assert "Failed" not in conds
+    ts = status["timestamps"]
+    assert (
+        ts["queuedAt"] <= ts["reconstructionStartedAt"]
+        and ts["reconstructionStartedAt"][:19] <= ts["reconstructedAt"]
+    )
+    assert status["progress"]["percent"] == 30 and "queuePosition" not in status
+
+    # The story, as `kubectl describe sj` tells it.
+    reasons = [e["reason"] for e in events_for(control_plane, namespace, "chair")]
+    assert reasons[:3] == ["Queued", "SfmStarted", "SfmSucceeded"], reasons
+
+    # The result the operator reported is the one COLMAP wrote, and the preview splat is valid.
+    job_root = data_volume.root / job_dir
+    result = SfmResult.read(job_root / "colmap" / "result.json")
+    assert result.ok and result.registered == status["sfm"]["registeredImages"]
+    assert len(read_splat(job_root / "colmap" / "preview.splat")) == result.points
+    assert (job_root / "colmap" / "scene" / "sparse" / "0" / "cameras.bin").is_file()
+
+    # Exactly one pod, on the SfM node, owned by the job, and it ran in the sandbox.
+    (pod,) = sfm_pods(control_plane, namespace)
+    assert pod["spec"]["nodeName"] == sfm_node.name
+    assert pod["status"]["phase"] == "Succeeded"
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    assert pod["metadata"]["name"] == f"sfm-{job['metadata']['uid']}"
+    (launched,) = [a[1:] for a in node_agent.launched if a[0] == f"{namespace}/{pod['metadata']['name']}"]
+    for flag in (
+        "--network=none",
+        "--read-only",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--user=10001:10001",
+        "--memory=2147483648b",
+        "--cpus=2",
+    ):
+        assert flag in launched, (flag, launched)
+    assert '--entrypoint=["python", "-m", "sharpml.sfm"]' in launched
+    image_at = launched.index(pod["spec"]["containers"][0]["image"])
+    assert launched[image_at + 1 :] == [
+        "/job",
+        "--matcher",
+        "auto",
+        "--mapper",
+        "auto",
+        "--max-image-size",
+        "3200",
+        "--threads",
+        "2",
+    ]
+    scratch = node_agent.state_dir / "pods" / pod["metadata"]["uid"] / "volumes" / "tmp"
+    mounts = [a for a in launched if a.startswith("--mount=")]
+    assert mounts == [
+        f"--mount=type=bind,src={job_root},dst=/job,ro=true",
+        f"--mount=type=bind,src={job_root / 'colmap'},dst=/job/colmap",
+        f"--mount=type=bind,src={scratch},dst=/tmp",
+    ]
+
+    # The deny-all NetworkPolicy selects the pod.
+    pol = control_plane.get_json("networkpolicy", "sharpml-sandbox-deny-all", "-n", namespace)
+    assert set(pol["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert not pol["spec"].get("ingress") and not pol["spec"].get("egress")
+    for k, v in pol["spec"]["podSelector"]["matchLabels"].items():
+        assert pod["metadata"]["labels"][k] == v
+
+    metrics = op.metrics()
+    assert 'sharpml_jobs{phase="Reconstructed"} 1.0' in metrics
+    assert 'sharpml_stage_duration_seconds_count{stage="sfm"} 1.0' in metrics
+
+
+@pytest.mark.cluster
+def test_namespace_enforces_restricted_pod_security(control_plane, namespace):
+    """The control for the sandbox tests: this namespace really refuses a pod that is not "restricted"."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "plain"},
+        "spec": {"containers": [{"name": "c", "image": "localhost/sharpml-sfm:latest"}]},
+    }
+    proc = control_plane.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(pod), check=False)
+    assert proc.returncode != 0 and "violates PodSecurity" in proc.stderr and "restricted" in proc.stderr

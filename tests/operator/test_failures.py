@@ -1,0 +1,73 @@
+"""Each way an SfM pod can fail ends the job Failed with its own reason, never a bare "pod failed"."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.operator.conftest import create, events_for, sfm_pods, sharpjob, wait_phase
+
+pytestmark = [pytest.mark.cluster, pytest.mark.podman]
+
+
+def _failed(cp, ns, name, op):
+    job = wait_phase(cp, ns, name, "Failed", "Reconstructed", timeout=180, operator=op)
+    status = job["status"]
+    assert status["phase"] == "Failed", status
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Failed"]["status"] == "True"
+    assert "finishedAt" in status["timestamps"]
+    warnings = [e for e in events_for(cp, ns, name) if e["type"] == "Warning"]
+    assert warnings and warnings[-1]["reason"] == conds["Failed"]["reason"]
+    return status, conds["Failed"]
+
+
+def test_deadline_exceeded(control_plane, namespace, data_volume, start_operator, scene_uploads):
+    op = start_operator(job_timeout_ms="2000")  # SHARPML_JOB_TIMEOUT_MS: SfM needs longer than 2 s
+    create(control_plane, namespace, sharpjob("slow", data_volume.new_job(scene_uploads), len(scene_uploads)))
+    status, cond = _failed(control_plane, namespace, "slow", op)
+    assert cond["reason"] == "Timeout" and "timeout of 2 s" in status["message"]
+    (pod,) = sfm_pods(control_plane, namespace)
+    assert pod["spec"]["activeDeadlineSeconds"] == 2
+    assert pod["status"]["reason"] == "DeadlineExceeded"
+    assert 'sharpml_job_failures_total{reason="Timeout"} 1.0' in op.metrics()
+
+
+def test_out_of_memory(control_plane, namespace, data_volume, start_operator, scene_uploads):
+    op = start_operator(sfm_memory_request="48Mi", sfm_memory_limit="48Mi")
+    create(control_plane, namespace, sharpjob("big", data_volume.new_job(scene_uploads), len(scene_uploads)))
+    status, cond = _failed(control_plane, namespace, "big", op)
+    assert cond["reason"] == "OutOfMemory" and "48Mi" in status["message"]
+    (pod,) = sfm_pods(control_plane, namespace)
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+
+
+@pytest.mark.slow
+def test_too_few_registered_photos(control_plane, namespace, data_volume, start_operator, noise_uploads):
+    op = start_operator()
+    create(
+        control_plane, namespace, sharpjob("noise", data_volume.new_job(noise_uploads), len(noise_uploads))
+    )
+    status, cond = _failed(control_plane, namespace, "noise", op)
+    assert cond["reason"] == "QualityGate"
+    assert "could be placed" in status["message"], status["message"]
+    assert status["sfm"]["totalImages"] == len(noise_uploads)
+    assert status["sfm"]["registeredImages"] < 0.7 * len(noise_uploads)
+
+
+def test_missing_image_fails_with_pull_reason(
+    control_plane, namespace, data_volume, start_operator, scene_uploads
+):
+    op = start_operator(sfm_image="localhost/sharpml-sfm:does-not-exist")
+    create(
+        control_plane, namespace, sharpjob("noimg", data_volume.new_job(scene_uploads), len(scene_uploads))
+    )
+    status, cond = _failed(control_plane, namespace, "noimg", op)
+    assert cond["reason"] == "ImagePullFailed" and "ErrImageNeverPull" in status["message"]
+
+
+def test_missing_job_directory(control_plane, namespace, data_volume, start_operator):
+    op = start_operator()
+    create(control_plane, namespace, sharpjob("ghost", "jobs/00000000-0000-4000-8000-000000000000", 8))
+    status, cond = _failed(control_plane, namespace, "ghost", op)
+    assert cond["reason"] == "JobDirMissing" and "does not exist" in status["message"]
+    assert sfm_pods(control_plane, namespace) == []

@@ -1,0 +1,129 @@
+"""Unit tests of the operator's pure parts: queue decisions, pod status interpretation, the pod spec."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sharpml_operator.podspec import deny_all_policy, sfm_pod
+from sharpml_operator.podstate import classify
+from sharpml_operator.queue import QueuedJob, decide
+from sharpml_operator.settings import Settings
+
+from sharpml.config import ConfigError
+
+
+def _job(name: str, phase: str = "Queued", created: str = "2026-01-01T00:00:00Z", seq: int = 0) -> QueuedJob:
+    return QueuedJob(uid=name, namespace="ns", name=name, phase=phase, created=created, sequence=seq)
+
+
+def test_queue_is_first_come_first_served_with_n_slots():
+    jobs = [
+        _job("c", seq=30),
+        _job("a", seq=10),
+        _job("b", seq=20),
+        _job("d", created="2026-01-01T00:00:01Z"),
+    ]
+    assert decide("a", jobs, set(), 1).admit
+    assert not decide("b", jobs, set(), 1).admit and decide("b", jobs, set(), 1).position == 0
+    assert decide("d", jobs, set(), 1).position == 2
+    assert [decide(n, jobs, set(), 2).admit for n in "abcd"] == [True, True, False, False]
+
+
+def test_running_pods_and_unprocessed_jobs_hold_their_place():
+    jobs = [_job("run", phase="Reconstructing"), _job("new", phase="", seq=1), _job("q", seq=2)]
+    assert decide("q", jobs, set(), 2).admit is False  # one slot left, and "new" came first
+    assert decide("q", jobs, set(), 2).position == 0
+    # A pod still stopping (job already Cancelled) keeps its slot until it is gone.
+    jobs = [_job("gone", phase="Cancelled"), _job("q")]
+    assert not decide("q", jobs, {"gone"}, 1).admit
+    assert decide("q", jobs, set(), 1).admit
+
+
+def _pod(phase: str, age: float = 0, **status) -> dict:
+    created = (datetime.now(UTC) - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "metadata": {"creationTimestamp": created},
+        "spec": {"activeDeadlineSeconds": 1800, "containers": [{"resources": {"limits": {"memory": "8Gi"}}}]},
+        "status": {"phase": phase, **status},
+    }
+
+
+def _terminated(code: int, reason: str) -> dict:
+    return {"containerStatuses": [{"state": {"terminated": {"exitCode": code, "reason": reason}}}]}
+
+
+@pytest.mark.parametrize(
+    ("pod", "state", "reason"),
+    [
+        (_pod("Succeeded", **_terminated(0, "Completed")), "succeeded", "Succeeded"),
+        (_pod("Failed", reason="DeadlineExceeded", **_terminated(137, "Error")), "failed", "Timeout"),
+        (_pod("Failed", **_terminated(137, "OOMKilled")), "failed", "OutOfMemory"),
+        (_pod("Failed", **_terminated(4, "Error")), "failed", "QualityGate"),
+        (_pod("Failed", **_terminated(1, "Error")), "failed", "SfmFailed"),
+        (_pod("Failed", reason="Evicted", message="low on disk"), "failed", "Evicted"),
+        (_pod("Running"), "running", "Running"),
+        (_pod("Pending", containerStatuses=[{"state": {"waiting": {"reason": "ErrImageNeverPull"}}}]),
+         "failed", "ImagePullFailed"),
+        (_pod("Pending", age=5, containerStatuses=[{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]),
+         "starting", "ImagePullBackOff"),
+        (_pod("Pending", age=900, containerStatuses=[{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]),
+         "failed", "ImagePullFailed"),
+        (_pod("Pending", age=5, conditions=[{"type": "PodScheduled", "status": "False", "message": "t"}]),
+         "starting", "Unschedulable"),
+        (_pod("Pending", age=900, conditions=[{"type": "PodScheduled", "status": "False", "message": "x"}]),
+         "failed", "Unschedulable"),
+    ],
+)  # fmt: skip
+def test_pod_status_becomes_a_precise_reason(pod, state, reason):
+    got = classify(pod, start_timeout=600)
+    assert (got.state, got.reason) == (state, reason), got
+
+
+def test_pod_spec_is_restricted_pinned_and_mounts_only_the_job():
+    cfg = Settings.from_env({"SHARPML_JOB_TIMEOUT_MS": "60000", "SHARPML_SFM_MEMORY_LIMIT": "3Gi"})
+    spec = {
+        "source": {"upload": {"jobDir": "jobs/abc", "imageCount": 8}},
+        "processing": {"matcher": "sequential"},
+    }
+    pod = sfm_pod(job_name="j", job_uid="u-1", namespace="ns", spec=spec, job_dir="jobs/abc", settings=cfg)
+    ps, c = pod["spec"], pod["spec"]["containers"][0]
+    assert pod["metadata"]["name"] == "sfm-u-1"
+    assert (
+        pod["metadata"]["ownerReferences"][0] | {"uid": "u-1", "controller": True}
+        == pod["metadata"]["ownerReferences"][0]
+    )
+    assert ps["restartPolicy"] == "Never" and ps["activeDeadlineSeconds"] == 60
+    assert ps["automountServiceAccountToken"] is False and ps["enableServiceLinks"] is False
+    assert ps["nodeSelector"] == {"sharpml.com/role": "sfm"}
+    assert ps["tolerations"] == [
+        {"key": "sharpml.com/sfm", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+    ]
+    assert ps["securityContext"]["runAsNonRoot"] and ps["securityContext"]["runAsUser"] == 10001
+    assert ps["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert c["command"] == ["python", "-m", "sharpml.sfm"] and c["args"][:3] == [
+        "/job",
+        "--matcher",
+        "sequential",
+    ]
+    assert c["resources"]["limits"]["memory"] == "3Gi"
+    assert c["volumeMounts"] == [
+        {"name": "data", "mountPath": "/job", "subPath": "jobs/abc", "readOnly": True},
+        {"name": "data", "mountPath": "/job/colmap", "subPath": "jobs/abc/colmap"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    assert {v["name"] for v in ps["volumes"]} == {"data", "tmp"}
+    pol = deny_all_policy("ns", cfg)
+    assert pol["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_settings_name_the_variable_and_rule():
+    with pytest.raises(ConfigError, match="SHARPML_SFM_CONCURRENCY='0': must be at least 1"):
+        Settings.from_env({"SHARPML_SFM_CONCURRENCY": "0"})
+    with pytest.raises(ConfigError, match="SHARPML_SFM_NODE_SELECTOR: must be a JSON dict"):
+        Settings.from_env({"SHARPML_SFM_NODE_SELECTOR": "[1]"})
+    cfg = Settings.from_env({"SHARPML_SFM_NODE_SELECTOR": '{"role": "mac"}', "SHARPML_SFM_CONCURRENCY": "3"})
+    assert cfg.node_selector == {"role": "mac"} and cfg.concurrency == 3
