@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SHARPML_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: demo test lint venv clean k8s-tools helm cluster-up cluster-down
+.PHONY: demo test lint venv clean deps-core deps-test k8s-tools helm cluster-up cluster-down
 
 ## venv: the project's virtual environment with every extra installed (re-run when pyproject changes)
 $(BIN)/sharpml: pyproject.toml
@@ -17,13 +17,20 @@ $(BIN)/sharpml: pyproject.toml
 venv: $(BIN)/sharpml
 
 ## demo: the main job on the embedded default: render sample photos, run intake -> SfM -> preview splat
-demo: venv
+demo: deps-core venv
 	$(BIN)/sharpml demo
 
 ## test: the whole test suite (what CI runs); builds the control plane binaries first (cached: a no-op)
-test: venv k8s-tools
+test: deps-test venv k8s-tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+## deps-core / deps-test: Debian packages pip cannot bring, installed only where missing (hack/system-deps.sh)
+deps-core:
+	hack/system-deps.sh core
+
+deps-test:
+	hack/system-deps.sh test
 
 lint: venv
 	$(BIN)/ruff check .
