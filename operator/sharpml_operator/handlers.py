@@ -358,8 +358,12 @@ def _watch_pod(body: Any, spec: Any, status: Any, meta: Any, patch: kopf.Patch, 
         metrics.STAGE_SECONDS.labels(stage="sfm").observe(max(0.0, sfm_seconds))
     if state.state == "succeeded":
         _finish_success(body, status, meta, patch, job)
-    else:
-        _finish_failure(body, status, meta, patch, job, state)
+        return
+    if is_active(pod):
+        # Failed before it finished (unschedulable, image pull, start timeout): left alone, the pod would
+        # hold the SfM node's queue slot until retention, and might still start for a failed job.
+        _delete_pod(meta["namespace"], uid, pods)
+    _finish_failure(body, status, meta, patch, job, state)
 
 
 def _report_progress(status: Any, patch: kopf.Patch, job: Any, state: PodState) -> None:

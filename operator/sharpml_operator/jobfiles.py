@@ -18,6 +18,10 @@ def job_dir(data_root: Path, rel: str) -> JobDir:
         raise JobDirError(
             f"spec.source.upload.jobDir={rel!r}: must be a relative path inside the data volume"
         )
+    # Exactly one job's own directory: the finalizer deletes it, so `jobs`, `splats` or a staging
+    # directory must never be accepted (the CRD refuses them too).
+    if len(parts) != 2 or parts[0] != "jobs" or parts[1].startswith("."):
+        raise JobDirError(f"spec.source.upload.jobDir={rel!r}: must be jobs/<id>, one job's own directory")
     return JobDir(data_root.joinpath(*parts))
 
 

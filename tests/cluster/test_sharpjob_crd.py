@@ -54,7 +54,7 @@ def test_defaults_are_filled_in(control_plane, sharpjob_crd, namespace):
     assert spec["ttlSecondsAfterFinished"] == 86400
 
 
-def _upload(count: int = 24, job_dir: str = "jobs/acct-42/chair") -> dict:
+def _upload(count: int = 24, job_dir: str = "jobs/3f2c9a4e-5b1d-4c2a-9e7f-0a1b2c3d4e5f") -> dict:
     return {"upload": {"jobDir": job_dir, "imageCount": count}}
 
 
@@ -86,6 +86,14 @@ INVALID = {
     "escaping-job-dir": (
         _job(source=_upload(job_dir="jobs/../../etc")),
         ["spec.source.upload.jobDir must be a plain relative path"],
+    ),
+    "parent-job-dir": (
+        _job(source=_upload(job_dir="jobs")),
+        ["spec.source.upload.jobDir must be jobs/<id>: one job's own directory"],
+    ),
+    "other-folder-job-dir": (
+        _job(source=_upload(job_dir="splats/x")),
+        ["spec.source.upload.jobDir must be jobs/<id>: one job's own directory"],
     ),
     "absolute-job-dir": (
         _job(source=_upload(job_dir="/etc/passwd")),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.operator.conftest import create, events_for, sfm_pods, sharpjob, wait_phase
@@ -63,6 +65,11 @@ def test_missing_image_fails_with_pull_reason(
     )
     status, cond = _failed(control_plane, namespace, "noimg", op)
     assert cond["reason"] == "ImagePullFailed" and "ErrImageNeverPull" in status["message"]
+    # The pod that never started is removed: it must not hold the SfM node's slot or start later.
+    deadline = time.monotonic() + 60
+    while sfm_pods(control_plane, namespace) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sfm_pods(control_plane, namespace) == []
 
 
 def test_missing_job_directory(control_plane, namespace, data_volume, start_operator):

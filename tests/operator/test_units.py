@@ -127,3 +127,17 @@ def test_settings_name_the_variable_and_rule():
         Settings.from_env({"SHARPML_SFM_NODE_SELECTOR": "[1]"})
     cfg = Settings.from_env({"SHARPML_SFM_NODE_SELECTOR": '{"role": "mac"}', "SHARPML_SFM_CONCURRENCY": "3"})
     assert cfg.node_selector == {"role": "mac"} and cfg.concurrency == 3
+
+
+@pytest.mark.parametrize(
+    "rel", ["jobs", "splats/x", "jobs/a/b", "jobs/.incoming-x", "jobs/..", "/jobs/x", ""]
+)
+def test_job_dir_names_one_jobs_own_directory_only(tmp_path, rel: str) -> None:
+    """The finalizer deletes what jobDir names: a parent or another folder would wipe other jobs."""
+    from sharpml_operator.jobfiles import JobDirError, job_dir
+
+    with pytest.raises(JobDirError):
+        job_dir(tmp_path, rel)
+    assert job_dir(tmp_path, "jobs/3f2c9a4e-5b1d-4c2a-9e7f-0a1b2c3d4e5f").root == (
+        tmp_path / "jobs" / "3f2c9a4e-5b1d-4c2a-9e7f-0a1b2c3d4e5f"
+    )
