@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MB = 1024 * 1024
+#: Diagonal of a 36 x 24 mm frame: "35 mm equivalent" focal lengths are defined against it (CIPA DC-008).
+FULL_FRAME_DIAGONAL_MM = 43.266615305567875
 
 
 class ConfigError(ValueError):

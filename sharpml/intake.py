@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -30,7 +31,7 @@ import magic
 import pillow_heif
 from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
 
-from sharpml.config import MB, IntakeLimits
+from sharpml.config import FULL_FRAME_DIAGONAL_MM, MB, IntakeLimits
 from sharpml.layout import DataDir, JobDir, create_file, make_dir, open_dir
 from sharpml.progress import ProgressHook, no_progress
 
@@ -270,7 +271,8 @@ def _focal_prior(
     f35 = number(_FOCAL_LENGTH_35MM)
     if f35 is not None and not 8 <= f35 <= 600:
         f35 = None
-    f_px = f35 / 36.0 * max(width, height) if f35 else None
+    # Equivalent focal lengths scale with the diagonal, so 4:3 phone photos are not off by 4 %.
+    f_px = f35 / FULL_FRAME_DIAGONAL_MM * math.hypot(width, height) if f35 else None
     return mm, f35, f_px
 
 

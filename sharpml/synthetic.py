@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-#: A phone's main camera: 26 mm equivalent focal length (about 69 degrees horizontal field of view).
+from sharpml.config import FULL_FRAME_DIAGONAL_MM
+
+#: A phone's main camera: 26 mm equivalent focal length (about 80 degrees diagonal field of view).
 PHONE_FOCAL_35MM = 26.0
 #: Real focal length written into EXIF next to the 35 mm equivalent, as a phone does.
 PHONE_FOCAL_MM = 4.25
@@ -48,7 +50,7 @@ class Camera:
     @property
     def focal_35mm(self) -> float:
         """35 mm-equivalent focal length, as phones record it in EXIF."""
-        return self.focal_px / max(self.width, self.height) * 36.0
+        return self.focal_px / math.hypot(self.width, self.height) * FULL_FRAME_DIAGONAL_MM
 
     def to_json(self) -> dict:
         return {
@@ -174,7 +176,7 @@ def orbit_cameras(
     if arc_degrees is None:
         arc_degrees = min(360.0, 15.0 * n)
     step = arc_degrees / n if arc_degrees >= 360.0 else arc_degrees / max(n - 1, 1)
-    focal_px = focal_35mm / 36.0 * max(width, height)
+    focal_px = focal_35mm / FULL_FRAME_DIAGONAL_MM * math.hypot(width, height)
     tgt = np.asarray(target, float)
     cams = []
     for i in range(n):

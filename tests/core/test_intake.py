@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tracemalloc
 from pathlib import Path
@@ -99,7 +100,7 @@ def test_all_metadata_is_stripped_and_focal_length_kept(
             assert not set(out.info) & {"exif", "xmp", "icc_profile", "comment", "photoshop"}
         assert image.focal_length_35mm == 28
         assert image.focal_length_mm == pytest.approx(5.7)
-        assert image.focal_px == pytest.approx(28 / 36 * 120)
+        assert image.focal_px == pytest.approx(28 / 43.2666 * math.hypot(120, 80))  # 35 mm eq. is diagonal
     assert result.images[1].source_format == "HEIC" and result.images[1].format == "JPEG"
     assert result.images[1].name.endswith(".jpg")
     assert result.images[2].focal_px is None  # no EXIF, no prior

@@ -81,7 +81,7 @@ def test_exif_focal_length_is_used_as_a_prior(reconstructed, scene_photos: Datas
     # JPEG and HEIC photos carry a focal length and share one camera; PNGs carry none.
     with_prior = [c for c in cameras if c.has_prior_focal_length]
     assert len(cameras) == 2 and len(with_prior) == 1
-    exif_focal = 26 / 36 * 640  # FocalLengthIn35mmFilm 26 (rounded by the "phone")
+    exif_focal = 26 / 43.2666 * 800  # FocalLengthIn35mmFilm 26 (rounded by the "phone"), 640x480 diagonal
     assert with_prior[0].params[0] == pytest.approx(exif_focal, rel=1e-3)
     rec = pycolmap.Reconstruction(job.colmap / "sparse" / "0")
     true_focal = scene_photos.cameras[0].focal_px
