@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,6 +181,32 @@ def create_file(dir_fd: int, name: str, mode: int = 0o640) -> int:
         return os.open(name, flags, mode, dir_fd=dir_fd)
     except FileExistsError as exc:
         raise UnsafePathError(exc.errno, f"{name} already exists; refusing to overwrite it") from exc
+
+
+def read_untrusted(path: Path, max_bytes: int) -> bytes:
+    """Read a file that a sandboxed process could have written (the SfM pod's ``colmap/``).
+
+    Never through a symlink, only a regular file (a FIFO would hang the reader), and at most
+    ``max_bytes`` (``/dev/zero`` or a huge file must not exhaust the operator's memory).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(exc.errno, f"{path} is a symlink; refusing to follow it") from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(errno.EINVAL, f"{path} is not a regular file")
+        data = os.read(fd, max_bytes + 1) if st.st_size else b""
+        while len(data) <= max_bytes and (chunk := os.read(fd, max_bytes + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise UnsafePathError(errno.EFBIG, f"{path} is larger than {max_bytes} bytes")
+    return data
 
 
 def _check_name(name: str) -> None:

@@ -48,8 +48,22 @@ class ProgressFile:
 
 
 def read_progress(path: Path) -> dict | None:
-    """The last record a :class:`ProgressFile` wrote, or ``None`` if there is none yet."""
+    """The last record a :class:`ProgressFile` wrote, or ``None`` if there is none yet or it is not one.
+
+    The writer is the sandboxed SfM pod, so the file is read bounded, never through a symlink, and
+    its fields are type-checked before anyone uses them.
+    """
+    from sharpml.layout import read_untrusted
+
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        record = json.loads(read_untrusted(Path(path), 64 * 1024))
+    except (OSError, ValueError):
         return None
+    if not isinstance(record, dict):
+        return None
+    stage, fraction, message = record.get("stage"), record.get("fraction"), record.get("message", "")
+    if not isinstance(stage, str) or not isinstance(message, str):
+        return None
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+        return None
+    return record

@@ -27,7 +27,7 @@ import numpy as np
 import pycolmap
 
 from sharpml.intake import StoredImage, load_manifest
-from sharpml.layout import JobDir
+from sharpml.layout import JobDir, read_untrusted
 from sharpml.progress import ProgressFile, ProgressHook, no_progress
 from sharpml.splat import preview_from_points, write_splat
 
@@ -114,7 +114,21 @@ class SfmResult:
 
     @classmethod
     def read(cls, path: Path) -> SfmResult:
-        return cls(**json.loads(Path(path).read_text()))
+        """Read ``result.json``; the SfM pod wrote it, so it is read as untrusted and bounded."""
+        data = json.loads(read_untrusted(Path(path), 1024 * 1024))
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a JSON object")
+        result = cls(**data)  # unknown or missing keys: TypeError
+        counts = (result.total, result.registered, result.points)
+        error = result.mean_reprojection_error
+        if (
+            not isinstance(result.ok, bool)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts)
+            or not (result.reason is None or isinstance(result.reason, str))
+            or not (error is None or (isinstance(error, int | float) and not isinstance(error, bool)))
+        ):
+            raise ValueError(f"{path}: fields of the wrong type")
+        return result
 
 
 class SfmError(RuntimeError):

@@ -10,6 +10,7 @@ the most visible gaussians first. View-dependent colour (``f_rest_*``) does not 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,14 +123,31 @@ def write_splat(path: Path, records: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def read_splat(path: Path) -> np.ndarray:
-    """Read a ``.splat`` file; its size must be a whole number of 32-byte records."""
-    size = os.path.getsize(path)
+def _check_size(name: str, size: int) -> None:
     if size == 0 or size % SPLAT_DTYPE.itemsize:
         raise SplatFormatError(
-            f"{Path(path).name}: {size} bytes is not a whole number of {SPLAT_DTYPE.itemsize}-byte gaussians"
+            f"{name}: {size} bytes is not a whole number of {SPLAT_DTYPE.itemsize}-byte gaussians"
         )
+
+
+def read_splat(path: Path) -> np.ndarray:
+    """Read a ``.splat`` file; its size must be a whole number of 32-byte records."""
+    _check_size(Path(path).name, os.path.getsize(path))
     return np.fromfile(path, dtype=SPLAT_DTYPE)
+
+
+def count_gaussians(path: Path) -> int:
+    """Number of gaussians in a ``.splat`` file, from its size alone (no read of a possibly huge
+    file), refusing symlinks and anything that is not a regular file of whole records."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise SplatFormatError(f"{Path(path).name}: not a regular file")
+    _check_size(Path(path).name, st.st_size)
+    return st.st_size // SPLAT_DTYPE.itemsize
 
 
 def ply_to_splat(src: Path, dst: Path) -> int:

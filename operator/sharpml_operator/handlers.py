@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sharpml.progress import read_progress
 from sharpml.sfm import SfmResult
-from sharpml.splat import read_splat
+from sharpml.splat import count_gaussians
 from sharpml_operator import GROUP, PLURAL, VERSION, jobfiles, metrics
 from sharpml_operator.conditions import FINISHED_PHASES, now_rfc3339, phase_conditions
 from sharpml_operator.podspec import (
@@ -396,7 +396,7 @@ def _finish_success(body: Any, status: Any, meta: Any, patch: kopf.Patch, job: A
         _fail(body, patch, status, meta, "QualityGate", result.reason or "rejected by the quality gate")
         return
     try:
-        splats = len(read_splat(job.preview_splat))
+        splats = count_gaussians(job.preview_splat)
     except (OSError, ValueError) as exc:
         _fail(body, patch, status, meta, "ResultMissing", f"preview splat {job.preview_splat}: {exc}")
         return
