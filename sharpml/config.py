@@ -20,17 +20,27 @@ class ConfigError(ValueError):
     """A ``SHARPML_*`` variable holds a value that cannot be used."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _number(env: Mapping[str, str], name: str, default, minimum, kind, what: str):  # type: ignore[no-untyped-def]
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r}: must be a whole number") from None
+        raise ConfigError(f"{name}={raw!r}: must be {what}") from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r}: must be at least {minimum}")
     return value
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    """A whole-number ``SHARPML_*`` setting: the one parser the core, API and operator share."""
+    return _number(env, name, default, minimum, int, "a whole number")
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    """A decimal ``SHARPML_*`` setting (seconds and the like)."""
+    return _number(env, name, default, minimum, float, "a number")
 
 
 @dataclass(frozen=True)
@@ -47,11 +57,11 @@ class IntakeLimits:
     def from_env(cls, env: Mapping[str, str] | None = None) -> IntakeLimits:
         env = os.environ if env is None else env
         limits = cls(
-            max_file_bytes=_int(env, "SHARPML_MAX_FILE_MB", 20, 1) * MB,
-            max_set_bytes=_int(env, "SHARPML_MAX_UPLOAD_MB", 500, 1) * MB,
-            min_images=_int(env, "SHARPML_MIN_IMAGES", 5, 1),
-            max_images=_int(env, "SHARPML_MAX_IMAGES", 100, 1),
-            max_dimension=_int(env, "SHARPML_MAX_IMAGE_DIMENSION", 8000, 16),
+            max_file_bytes=env_int(env, "SHARPML_MAX_FILE_MB", 20, 1) * MB,
+            max_set_bytes=env_int(env, "SHARPML_MAX_UPLOAD_MB", 500, 1) * MB,
+            min_images=env_int(env, "SHARPML_MIN_IMAGES", 5, 1),
+            max_images=env_int(env, "SHARPML_MAX_IMAGES", 100, 1),
+            max_dimension=env_int(env, "SHARPML_MAX_IMAGE_DIMENSION", 8000, 16),
         )
         if limits.min_images > limits.max_images:
             raise ConfigError(
@@ -72,4 +82,4 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
 def job_timeout_seconds(env: Mapping[str, str] | None = None) -> int:
     """The per-job processing deadline; the seed gives it in milliseconds (30 minutes)."""
     env = os.environ if env is None else env
-    return _int(env, "SHARPML_JOB_TIMEOUT_MS", 1_800_000, 1000) // 1000
+    return env_int(env, "SHARPML_JOB_TIMEOUT_MS", 1_800_000, 1000) // 1000

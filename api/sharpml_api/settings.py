@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sharpml.config import ConfigError, IntakeLimits, default_data_dir
-from sharpml.config import _int as _int  # one parser for every SHARPML_* number
+from sharpml.config import ConfigError, IntakeLimits, default_data_dir, env_int
 
 #: Algorithms a token may be signed with. ``none`` is never accepted, whatever is configured.
 SYMMETRIC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -106,7 +105,7 @@ class Settings:
             public_key=public_key,
             issuer=_get(env, "SHARPML_JWT_ISSUER"),
             audience=_get(env, "SHARPML_JWT_AUDIENCE", "sharpml-api"),
-            leeway_seconds=_int(env, "SHARPML_JWT_LEEWAY_SECONDS", 30),
+            leeway_seconds=env_int(env, "SHARPML_JWT_LEEWAY_SECONDS", 30),
             account_claim=_get(env, "SHARPML_JWT_ACCOUNT_CLAIM", "sub"),
         )
         proxies = []
@@ -117,24 +116,24 @@ class Settings:
                 raise ConfigError(f"SHARPML_TRUSTED_PROXIES: {item!r} is not an IP address or CIDR") from None
         settings = cls(
             host=_get(env, "SHARPML_API_HOST", "127.0.0.1"),
-            port=_int(env, "SHARPML_API_PORT", 8080, 0),
+            port=env_int(env, "SHARPML_API_PORT", 8080, 0),
             data_dir=default_data_dir(env),
             limits=IntakeLimits.from_env(env),
             namespace=_get(env, "SHARPML_NAMESPACE") or _default_namespace(),
             kubeconfig=_get(env, "SHARPML_KUBECONFIG") or _get(env, "KUBECONFIG"),
             jwt=jwt,
             rate_limits=RateLimits(
-                per_ip_per_hour=_int(env, "SHARPML_RATE_LIMIT_IP_PER_HOUR", 10),
-                per_account_per_day=_int(env, "SHARPML_RATE_LIMIT_ACCOUNT_PER_DAY", 50),
-                anonymous_per_ip_per_day=_int(env, "SHARPML_ANONYMOUS_UPLOADS_PER_DAY", 3),
+                per_ip_per_hour=env_int(env, "SHARPML_RATE_LIMIT_IP_PER_HOUR", 10),
+                per_account_per_day=env_int(env, "SHARPML_RATE_LIMIT_ACCOUNT_PER_DAY", 50),
+                anonymous_per_ip_per_day=env_int(env, "SHARPML_ANONYMOUS_UPLOADS_PER_DAY", 3),
             ),
             anonymous_account=_get(env, "SHARPML_ANONYMOUS_ACCOUNT", "anonymous"),
             cors_origins=_list(env, "SHARPML_CORS_ORIGINS", "https://sharpml.com"),
             trusted_proxies=tuple(proxies),
-            intake_concurrency=_int(env, "SHARPML_INTAKE_CONCURRENCY", 2, 1),
-            intake_workers=_int(env, "SHARPML_INTAKE_WORKERS", 2, 1),
-            sse_keepalive_seconds=_int(env, "SHARPML_SSE_KEEPALIVE_SECONDS", 15, 1),
-            upload_timeout_seconds=_int(env, "SHARPML_UPLOAD_TIMEOUT_SECONDS", 900, 1),
+            intake_concurrency=env_int(env, "SHARPML_INTAKE_CONCURRENCY", 2, 1),
+            intake_workers=env_int(env, "SHARPML_INTAKE_WORKERS", 2, 1),
+            sse_keepalive_seconds=env_int(env, "SHARPML_SSE_KEEPALIVE_SECONDS", 15, 1),
+            upload_timeout_seconds=env_int(env, "SHARPML_UPLOAD_TIMEOUT_SECONDS", 900, 1),
             public_url=_get(env, "SHARPML_PUBLIC_URL").rstrip("/"),
         )
         settings.check()

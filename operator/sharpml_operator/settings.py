@@ -15,8 +15,9 @@ from typing import Any
 
 from sharpml.config import (
     ConfigError,
-    _int,  # the core's parser of whole-number variables, same messages
     default_data_dir,
+    env_float,
+    env_int,
     job_timeout_seconds,
 )
 
@@ -24,19 +25,6 @@ DEFAULT_NODE_SELECTOR = {"sharpml.com/role": "sfm"}
 DEFAULT_TOLERATIONS = [
     {"key": "sharpml.com/sfm", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 ]
-
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: must be a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r}: must be at least {minimum}")
-    return value
 
 
 def _json(env: Mapping[str, str], name: str, default: Any, kind: type) -> Any:
@@ -126,17 +114,17 @@ class Settings:
         return cls(
             image=env.get("SHARPML_SFM_IMAGE") or cls.image,
             image_pull_policy=pull,
-            concurrency=_int(env, "SHARPML_SFM_CONCURRENCY", 1, 1),
+            concurrency=env_int(env, "SHARPML_SFM_CONCURRENCY", 1, 1),
             node_selector=_json(env, "SHARPML_SFM_NODE_SELECTOR", dict(DEFAULT_NODE_SELECTOR), dict),
             tolerations=_json(env, "SHARPML_SFM_TOLERATIONS", [dict(t) for t in DEFAULT_TOLERATIONS], list),
             resources=res,
             data_pvc=env.get("SHARPML_DATA_PVC") or cls.data_pvc,
             data_dir=default_data_dir(env),
-            run_as_user=_int(env, "SHARPML_SFM_UID", 10001, 1),
+            run_as_user=env_int(env, "SHARPML_SFM_UID", 10001, 1),
             job_timeout_seconds=job_timeout_seconds(env),
-            sfm_threads=_int(env, "SHARPML_SFM_THREADS", -1, -1),
-            poll_seconds=_float(env, "SHARPML_OPERATOR_POLL_SECONDS", 2.0, 0.1),
-            retention_check_seconds=_float(env, "SHARPML_RETENTION_CHECK_SECONDS", 60.0, 0.1),
-            start_timeout_seconds=_int(env, "SHARPML_SFM_START_TIMEOUT_SECONDS", 600, 1),
-            metrics_port=_int(env, "SHARPML_METRICS_PORT", 8080, 0),
+            sfm_threads=env_int(env, "SHARPML_SFM_THREADS", -1, -1),
+            poll_seconds=env_float(env, "SHARPML_OPERATOR_POLL_SECONDS", 2.0, 0.1),
+            retention_check_seconds=env_float(env, "SHARPML_RETENTION_CHECK_SECONDS", 60.0, 0.1),
+            start_timeout_seconds=env_int(env, "SHARPML_SFM_START_TIMEOUT_SECONDS", 600, 1),
+            metrics_port=env_int(env, "SHARPML_METRICS_PORT", 8080, 0),
         )
