@@ -19,11 +19,8 @@ from tqdm import tqdm
 
 from sharpml import intake, sfm, splat
 from sharpml.config import MB, ConfigError, IntakeLimits
+from sharpml.contract import EXIT_COLMAP_FAILED, EXIT_QUALITY_GATE, EXIT_REJECTED
 from sharpml.layout import DataDir, JobDir
-
-EXIT_REJECTED = 3
-EXIT_QUALITY_GATE = sfm.EXIT_QUALITY_GATE
-EXIT_SFM_FAILED = 5
 
 _STAGE_TITLES = {
     "intake": "checking photos",
@@ -148,7 +145,7 @@ def _run_job(
     except sfm.SfmError as exc:
         bars.close()
         click.secho(f"✘ {exc}", fg="red", err=True)
-        return EXIT_SFM_FAILED, accepted.job
+        return EXIT_COLMAP_FAILED, accepted.job
     bars.close()
     timings = " · ".join(f"{k} {v:.1f} s" for k, v in result.timings.items() if k != "total")
     if not result.ok:

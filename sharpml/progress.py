@@ -2,7 +2,7 @@
 
 A stage reports ``(stage, fraction, message)`` with ``fraction`` in [0, 1] for that stage; the CLI
 turns these into progress bars, the SfM pod into ``progress.json`` that the operator surfaces in
-the SharpJob status.
+the SharpJob status (read back by :func:`sharpml.contract.read_progress`).
 """
 
 from __future__ import annotations
@@ -45,25 +45,3 @@ class ProgressFile:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self.path)
-
-
-def read_progress(path: Path) -> dict | None:
-    """The last record a :class:`ProgressFile` wrote, or ``None`` if there is none yet or it is not one.
-
-    The writer is the sandboxed SfM pod, so the file is read bounded, never through a symlink, and
-    its fields are type-checked before anyone uses them.
-    """
-    from sharpml.layout import read_untrusted
-
-    try:
-        record = json.loads(read_untrusted(Path(path), 64 * 1024))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict):
-        return None
-    stage, fraction, message = record.get("stage"), record.get("fraction"), record.get("message", "")
-    if not isinstance(stage, str) or not isinstance(message, str):
-        return None
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
-        return None
-    return record

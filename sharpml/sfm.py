@@ -14,28 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pycolmap
 
+from sharpml.contract import EXIT_ERROR, EXIT_OK, EXIT_QUALITY_GATE, PROCESSING_DEFAULTS, SfmResult
+from sharpml.contract.spec import MAPPERS, MATCHERS
 from sharpml.intake import StoredImage, load_manifest
-from sharpml.layout import JobDir, read_untrusted
+from sharpml.layout import JobDir
 from sharpml.progress import ProgressFile, ProgressHook, no_progress
 from sharpml.splat import preview_from_points, write_splat
 
-MATCHERS = ("auto", "exhaustive", "sequential")
-MAPPERS = ("auto", "incremental", "global")
-RESULT_VERSION = 1
-#: Exit code of the SfM entry point when the quality gate rejects the reconstruction.
-EXIT_QUALITY_GATE = 4
 #: Above this many photos "auto" matching switches from exhaustive to sequential (capture order).
 SEQUENTIAL_ABOVE = 30
 
@@ -44,11 +40,11 @@ SEQUENTIAL_ABOVE = 30
 class SfmOptions:
     """How to reconstruct. Defaults are the measured speed/accuracy choice (see benchmarks/)."""
 
-    matcher: str = "auto"
-    mapper: str = "auto"
+    matcher: str = PROCESSING_DEFAULTS["matcher"]
+    mapper: str = PROCESSING_DEFAULTS["mapper"]
     #: Longest image side used for feature extraction; 1600 px gave the same pose accuracy as
-    #: COLMAP's 3200 on 12 MP photos at a third of the memory.
-    max_image_size: int = 1600
+    #: COLMAP's 3200 on 12 MP photos at a third of the memory (the SharpJob's default too).
+    max_image_size: int = PROCESSING_DEFAULTS["maxImageSize"]
     max_num_features: int = 8192
     #: SIFT's first octave; -1 (COLMAP's default) upsamples every image 2x first.
     first_octave: int = 0
@@ -79,56 +75,6 @@ class SfmOptions:
     def resolved_mapper(self) -> str:
         # The global mapper was slower than incremental at every size measured here.
         return "incremental" if self.mapper == "auto" else self.mapper
-
-
-@dataclass
-class SfmResult:
-    """What ``result.json`` holds. ``ok`` is the quality gate's verdict, ``reason`` says why not."""
-
-    ok: bool
-    reason: str | None
-    total: int
-    registered: int = 0
-    points: int = 0
-    mean_reprojection_error: float | None = None
-    mean_track_length: float | None = None
-    cameras: int = 0
-    models: int = 0
-    matcher: str = ""
-    mapper: str = ""
-    unregistered: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    scene: str | None = None
-    preview_splat: str | None = None
-    version: int = RESULT_VERSION
-    colmap_version: str = field(default_factory=lambda: pycolmap.__version__)
-
-    @property
-    def registered_fraction(self) -> float:
-        return self.registered / self.total if self.total else 0.0
-
-    def write(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
-
-    @classmethod
-    def read(cls, path: Path) -> SfmResult:
-        """Read ``result.json``; the SfM pod wrote it, so it is read as untrusted and bounded."""
-        data = json.loads(read_untrusted(Path(path), 1024 * 1024))
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: not a JSON object")
-        result = cls(**data)  # unknown or missing keys: TypeError
-        counts = (result.total, result.registered, result.points)
-        error = result.mean_reprojection_error
-        if (
-            not isinstance(result.ok, bool)
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts)
-            or not (result.reason is None or isinstance(result.reason, str))
-            or not (error is None or (isinstance(error, int | float) and not isinstance(error, bool)))
-        ):
-            raise ValueError(f"{path}: fields of the wrong type")
-        return result
 
 
 class SfmError(RuntimeError):
@@ -300,7 +246,9 @@ def reconstruct(
     sparse = out / "sparse"
     sparse.mkdir()
     matcher, mapper = opts.resolved_matcher(n), opts.resolved_mapper()
-    result = SfmResult(ok=False, reason=None, total=n, matcher=matcher, mapper=mapper)
+    result = SfmResult(
+        ok=False, reason=None, total=n, matcher=matcher, mapper=mapper, colmap_version=pycolmap.__version__
+    )
     timings = result.timings
     t_all = time.monotonic()
 
@@ -375,9 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = reconstruct(job, opts, ProgressFile(job.sfm_progress, also=log))
     except SfmError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     print(json.dumps(asdict(result)), flush=True)
-    return 0 if result.ok else EXIT_QUALITY_GATE
+    return EXIT_OK if result.ok else EXIT_QUALITY_GATE
 
 
 if __name__ == "__main__":

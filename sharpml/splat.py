@@ -10,7 +10,6 @@ the most visible gaussians first. View-dependent colour (``f_rest_*``) does not 
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,19 +17,19 @@ import numpy as np
 from plyfile import PlyData, PlyElement
 from scipy.spatial import cKDTree
 
+from sharpml.contract.records import SPLAT_RECORD_BYTES, SplatFormatError, check_splat_size, count_gaussians
+
+__all__ = ["SplatFormatError", "count_gaussians"]  # re-exported: the contract is their home
+
 #: Zeroth-order spherical harmonic constant: colour = 0.5 + C0 * f_dc.
 SH_C0 = 0.28209479177387814
 SPLAT_DTYPE = np.dtype(
     [("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rotation", "u1", 4)]
 )
-assert SPLAT_DTYPE.itemsize == 32
+assert SPLAT_DTYPE.itemsize == SPLAT_RECORD_BYTES
 
 _REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2"]
 _ROT = ["rot_0", "rot_1", "rot_2", "rot_3"]
-
-
-class SplatFormatError(ValueError):
-    """A PLY or .splat file is not what it claims to be."""
 
 
 @dataclass
@@ -123,31 +122,10 @@ def write_splat(path: Path, records: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _check_size(name: str, size: int) -> None:
-    if size == 0 or size % SPLAT_DTYPE.itemsize:
-        raise SplatFormatError(
-            f"{name}: {size} bytes is not a whole number of {SPLAT_DTYPE.itemsize}-byte gaussians"
-        )
-
-
 def read_splat(path: Path) -> np.ndarray:
     """Read a ``.splat`` file; its size must be a whole number of 32-byte records."""
-    _check_size(Path(path).name, os.path.getsize(path))
+    check_splat_size(Path(path).name, os.path.getsize(path))
     return np.fromfile(path, dtype=SPLAT_DTYPE)
-
-
-def count_gaussians(path: Path) -> int:
-    """Number of gaussians in a ``.splat`` file, from its size alone (no read of a possibly huge
-    file), refusing symlinks and anything that is not a regular file of whole records."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise SplatFormatError(f"{Path(path).name}: not a regular file")
-    _check_size(Path(path).name, st.st_size)
-    return st.st_size // SPLAT_DTYPE.itemsize
 
 
 def ply_to_splat(src: Path, dst: Path) -> int:

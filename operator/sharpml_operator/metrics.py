@@ -8,22 +8,14 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
-PHASES = (
-    "Pending",
-    "Queued",
-    "Reconstructing",
-    "Reconstructed",
-    "Training",
-    "Delivering",
-    "Complete",
-    "Failed",
-    "Cancelled",
-)
+from sharpml.contract import Phase
+
+PHASES = tuple(str(p) for p in Phase)
 
 PODS_CREATED = Counter("sharpml_sfm_pods_created_total", "SfM pods created by this operator process.")
 STAGE_SECONDS = Histogram(
     "sharpml_stage_duration_seconds",
-    "Duration of job stages: queue (queued -> SfM pod) and sfm (pod start -> result).",
+    "Duration of job stages: queue (queued -> stage pod) and each stage (sfm: pod start -> result).",
     ["stage"],
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, 86400),
 )

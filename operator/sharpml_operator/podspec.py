@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sharpml_operator import API_VERSION, KIND
+from sharpml.contract import (
+    API_VERSION,
+    JOB_NAME_LABEL,
+    JOB_UID_LABEL,
+    KIND,
+    MANAGED_BY,
+    STAGE_LABEL,
+    JobSpec,
+)
 from sharpml_operator.settings import Settings
 
-MANAGED_BY = "sharpml-operator"
-JOB_UID_LABEL = "sharpml.com/job-uid"
-JOB_NAME_LABEL = "sharpml.com/job"
-STAGE_LABEL = "sharpml.com/stage"
 SFM_STAGE = "sfm"
 CONTAINER = "sfm"
 JOB_MOUNT = "/job"
@@ -45,24 +49,23 @@ def pod_labels(job_name: str, job_uid: str, settings: Settings) -> dict[str, str
     return labels
 
 
-def sfm_args(spec: dict[str, Any], settings: Settings) -> list[str]:
-    """The SfM stage's arguments from spec.processing (defaults as in the CRD)."""
-    processing = spec.get("processing") or {}
+def sfm_args(spec: JobSpec, settings: Settings) -> list[str]:
+    """The SfM stage's arguments from spec.processing (defaults: the contract's, which the CRD holds)."""
     return [
         JOB_MOUNT,
         "--matcher",
-        str(processing.get("matcher", "auto")),
+        spec.matcher,
         "--mapper",
-        str(processing.get("mapper", "auto")),
+        spec.mapper,
         "--max-image-size",
-        str(int(processing.get("maxImageSize", 3200))),
+        str(spec.max_image_size),
         "--threads",
         str(settings.sfm_threads),
     ]
 
 
 def sfm_pod(
-    *, job_name: str, job_uid: str, namespace: str, spec: dict[str, Any], job_dir: str, settings: Settings
+    *, job_name: str, job_uid: str, namespace: str, spec: JobSpec, job_dir: str, settings: Settings
 ) -> dict[str, Any]:
     """The pod manifest for one SharpJob's SfM stage. ``job_dir`` is relative to the data volume root."""
     uid = settings.run_as_user

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sharpml.sfm import EXIT_QUALITY_GATE
+from sharpml.contract import EXIT_QUALITY_GATE
 
 #: Waiting reasons that will not fix themselves: fail the job at once.
 FATAL_WAITING = {"InvalidImageName", "ErrImageNeverPull"}

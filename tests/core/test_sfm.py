@@ -10,11 +10,11 @@ from pathlib import Path
 import pycolmap
 import pytest
 
+from sharpml.contract import EXIT_QUALITY_GATE, SfmResult, read_progress
 from sharpml.evaluation import evaluate_job
 from sharpml.intake import Upload, ingest, uploads_from_paths
 from sharpml.layout import DataDir, JobDir
-from sharpml.progress import read_progress
-from sharpml.sfm import EXIT_QUALITY_GATE, SfmOptions, SfmResult, reconstruct
+from sharpml.sfm import SfmOptions, reconstruct
 from sharpml.splat import read_splat
 from sharpml.synthetic import Dataset
 

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sharpml.contract import SfmResult, read_progress
 from sharpml.layout import UnsafePathError, read_untrusted
-from sharpml.progress import read_progress
-from sharpml.sfm import SfmResult
 from sharpml.splat import SPLAT_DTYPE, SplatFormatError, count_gaussians
 
 

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.podman]
 
 
 def _failed(cp, ns, name, op):
-    job = wait_phase(cp, ns, name, "Failed", "Reconstructed", timeout=180, operator=op)
+    job = wait_phase(cp, ns, name, "Failed", "Complete", timeout=180, operator=op)
     status = job["status"]
     assert status["phase"] == "Failed", status
     conds = {c["type"]: c for c in status["conditions"]}

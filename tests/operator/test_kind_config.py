@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from sharpml_operator.settings import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
+from sharpml_operator.settings import Settings
+
+DEFAULTS = Settings.from_env({})
+DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS = DEFAULTS.node_selector, DEFAULTS.tolerations
 
 KIND_CONFIG = Path(__file__).resolve().parents[2] / "kind-config.yaml"
 

@@ -42,8 +42,8 @@ def test_restart_during_queued_and_reconstructing(
     op.start()
 
     for name in ("first", "second"):
-        job = wait_phase(cp, ns, name, "Reconstructed", "Failed", timeout=180, operator=op)
-        assert _phase(job) == "Reconstructed", job["status"]
+        job = wait_phase(cp, ns, name, "Complete", "Failed", timeout=180, operator=op)
+        assert _phase(job) == "Complete", job["status"]
     pods = sfm_pods(cp, ns)
     uids = {get_job(cp, ns, n)["metadata"]["uid"] for n in ("first", "second")}
     assert sorted(p["metadata"]["name"] for p in pods) == sorted(f"sfm-{u}" for u in uids)
@@ -76,8 +76,8 @@ def test_queue_runs_five_jobs_one_at_a_time_in_creation_order(
     assert "sharpml_sfm_queue_depth 4.0" in op.metrics()
 
     for name in names:
-        job = wait_phase(cp, ns, name, "Reconstructed", "Failed", timeout=240, operator=op)
-        assert _phase(job) == "Reconstructed", job["status"]
+        job = wait_phase(cp, ns, name, "Complete", "Failed", timeout=240, operator=op)
+        assert _phase(job) == "Complete", job["status"]
 
     uid_of = {n: get_job(cp, ns, n)["metadata"]["uid"] for n in names}
     runs = {name: (start, end) for name, start, end in node_agent.history if name.startswith(f"{ns}/")}
@@ -94,6 +94,8 @@ def test_a_pod_created_before_a_crash_is_adopted_not_duplicated(control_plane, n
     from sharpml_operator.podspec import sfm_pod
     from sharpml_operator.settings import Settings
 
+    from sharpml.contract import JobSpec
+
     cp, ns = control_plane, namespace
     op = start_operator()
     op.kill()
@@ -101,15 +103,16 @@ def test_a_pod_created_before_a_crash_is_adopted_not_duplicated(control_plane, n
     create(cp, ns, sharpjob("orphan", job_dir, len(scene_uploads)))
     job = get_job(cp, ns, "orphan")
     pod = sfm_pod(
-        job_name="orphan", job_uid=job["metadata"]["uid"], namespace=ns, spec=job["spec"], job_dir=job_dir,
+        job_name="orphan", job_uid=job["metadata"]["uid"], namespace=ns, spec=JobSpec.read(job["spec"]),
+        job_dir=job_dir,
         settings=Settings.from_env(op.env),
     )  # fmt: skip
     cp.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(pod))
     (before,) = sfm_pods(cp, ns)
 
     op.start()
-    done = wait_phase(cp, ns, "orphan", "Reconstructed", "Failed", timeout=180, operator=op)
-    assert done["status"]["phase"] == "Reconstructed", done["status"]
+    done = wait_phase(cp, ns, "orphan", "Complete", "Failed", timeout=180, operator=op)
+    assert done["status"]["phase"] == "Complete", done["status"]
     (after,) = sfm_pods(cp, ns)
     assert after["metadata"]["uid"] == before["metadata"]["uid"]
     assert "adopted" in " ".join(e["message"] for e in events_for(cp, ns, "orphan"))

@@ -5,16 +5,26 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sharpml_operator import slots
 from sharpml_operator.podspec import deny_all_policy, sfm_pod
 from sharpml_operator.podstate import classify
-from sharpml_operator.queue import QueuedJob, decide
 from sharpml_operator.settings import Settings
+from sharpml_operator.slots import QueuedJob
+from sharpml_operator.stages import SfmStage
 
 from sharpml.config import ConfigError
+from sharpml.contract import JobSpec, Phase
 
 
 def _job(name: str, phase: str = "Queued", created: str = "2026-01-01T00:00:00Z", seq: int = 0) -> QueuedJob:
-    return QueuedJob(uid=name, namespace="ns", name=name, phase=phase, created=created, sequence=seq)
+    return QueuedJob(uid=name, namespace="ns", name=name, phase=Phase.of({"phase": phase}), created=created,
+                     sequence=seq)  # fmt: skip
+
+
+def decide(uid, jobs, holders, capacity):
+    """The SfM stage's queue: jobs wait in Queued (or not yet seen), run in Reconstructing."""
+    stage = SfmStage(Settings.from_env({}))
+    return slots.decide(uid, jobs, holders, capacity, running=stage.runs_in, waits_in=stage.waits_in)
 
 
 def test_queue_is_first_come_first_served_with_n_slots():
@@ -86,7 +96,9 @@ def test_pod_spec_is_restricted_pinned_and_mounts_only_the_job():
         "source": {"upload": {"jobDir": "jobs/abc", "imageCount": 8}},
         "processing": {"matcher": "sequential"},
     }
-    pod = sfm_pod(job_name="j", job_uid="u-1", namespace="ns", spec=spec, job_dir="jobs/abc", settings=cfg)
+    pod = sfm_pod(
+        job_name="j", job_uid="u-1", namespace="ns", spec=JobSpec.read(spec), job_dir="jobs/abc", settings=cfg
+    )
     ps, c = pod["spec"], pod["spec"]["containers"][0]
     assert pod["metadata"]["name"] == "sfm-u-1"
     assert (
@@ -123,7 +135,7 @@ def test_pod_spec_is_restricted_pinned_and_mounts_only_the_job():
 def test_settings_name_the_variable_and_rule():
     with pytest.raises(ConfigError, match="SHARPML_SFM_CONCURRENCY='0': must be at least 1"):
         Settings.from_env({"SHARPML_SFM_CONCURRENCY": "0"})
-    with pytest.raises(ConfigError, match="SHARPML_SFM_NODE_SELECTOR: must be a JSON dict"):
+    with pytest.raises(ConfigError, match="SHARPML_SFM_NODE_SELECTOR: must be a JSON object"):
         Settings.from_env({"SHARPML_SFM_NODE_SELECTOR": "[1]"})
     cfg = Settings.from_env({"SHARPML_SFM_NODE_SELECTOR": '{"role": "mac"}', "SHARPML_SFM_CONCURRENCY": "3"})
     assert cfg.node_selector == {"role": "mac"} and cfg.concurrency == 3

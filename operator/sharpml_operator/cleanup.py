@@ -1,0 +1,123 @@
+"""End of life: the finalizer (stop what runs, then delete the job's files) and retention.
+
+Retention is one operator-wide loop over an index of finished jobs, not a timer per job. A timer is a
+kopf daemon of its object: when it deleted its own SharpJob, kopf had to stop that timer before it
+could release the finalizer, while the timer's handler was still returning in its thread; the
+finalizer's removal then raced kopf's own bookkeeping patches of the object and could be left
+waiting for an event that never came (the job stuck, finalizer in place). Deleting from outside the
+object's handlers makes retention exactly what ``kubectl delete`` is, which kopf handles cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from sharpml.contract import API_VERSION, GROUP, KIND, MANAGED_BY, PLURAL, VERSION
+from sharpml.contract.status import seconds_since
+from sharpml_operator import jobfiles, metrics
+from sharpml_operator.job import Job
+from sharpml_operator.pipeline import Pipeline
+from sharpml_operator.settings import Settings
+from sharpml_operator.snapshot import Snapshot
+
+log = logging.getLogger("sharpml.operator")
+
+
+class StillRunning(Exception):
+    """The finalizer must wait: work of the job is still stopping."""
+
+
+def finalize(job: Job, snap: Snapshot, pipeline: Pipeline, settings: Settings) -> None:
+    """Stop every stage's work, wait until it is gone, then delete the job's working files."""
+    if not pipeline.stopped(job, snap):
+        raise StillRunning(f"waiting for the work of {job.namespace}/{job.name} to stop")
+    if job.spec.job_dir is None:
+        return
+    try:
+        directory = jobfiles.job_dir(settings.data_dir, job.spec.job_dir)
+    except jobfiles.JobDirError:
+        return  # never a directory this job owns: nothing of ours to delete
+    if jobfiles.remove(settings.data_dir, directory):
+        job.event("FilesDeleted", f"deleted working files {directory.root}")
+        log.info("%s/%s: deleted %s", job.namespace, job.name, directory.root)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished SharpJob as retention sees it (from the ``finished_jobs`` index)."""
+
+    namespace: str
+    name: str
+    uid: str
+    finished_at: str | None
+    ttl_seconds: int
+
+    def expired(self) -> bool:
+        age = seconds_since(self.finished_at)
+        return age is not None and age >= self.ttl_seconds
+
+
+def post_event(job: Finished, reason: str, message: str) -> None:
+    """A Normal event on a SharpJob from outside its kopf handlers (kopf.event needs a handler's context)."""
+    now = datetime.now(UTC)
+    kubernetes.client.CoreV1Api().create_namespaced_event(
+        job.namespace,
+        {
+            "metadata": {"generateName": f"{job.name}.", "namespace": job.namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": job.name,
+                "namespace": job.namespace,
+                "uid": job.uid,
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Normal",
+            "source": {"component": MANAGED_BY},
+            "reportingComponent": MANAGED_BY,
+            "reportingInstance": MANAGED_BY,
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+        },
+    )
+
+
+def expire(jobs: Iterable[Finished], event: Callable[[Finished, str, str], None] = post_event) -> int:
+    """Delete every expired job (its files go through the finalizer); returns how many were deleted.
+
+    The delete is conditional on the uid, so a job re-created under the same name is never hit."""
+    deleted = 0
+    api = kubernetes.client.CustomObjectsApi()
+    for job in jobs:
+        if not job.expired():
+            continue
+        message = (
+            f"retention: finished at {job.finished_at}, ttlSecondsAfterFinished={job.ttl_seconds}; "
+            "deleting the job and its files"
+        )
+        try:
+            api.delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                job.namespace,
+                PLURAL,
+                job.name,
+                body=kubernetes.client.V1DeleteOptions(preconditions={"uid": job.uid}),
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                log.warning("retention of %s/%s failed: %s", job.namespace, job.name, exc.reason)
+            continue
+        event(job, "RetentionExpired", message)
+        log.info("%s/%s: %s", job.namespace, job.name, message)
+        metrics.RETENTION_DELETIONS.inc()
+        deleted += 1
+    return deleted

@@ -1,0 +1,96 @@
+"""The SharpJob contract: everything the API, the operator, the CLI and the pods agree on.
+
+One home for the custom resource's identity, its labels and annotations, the phases a job goes
+through and their conditions, the spec's defaults, the typed status, and the records and exit codes
+that pass between the operator and the pods it starts. Pure Python: importable where numpy,
+pycolmap or the Kubernetes client are not installed (the operator's image, the API's).
+"""
+
+from sharpml.contract.phases import (
+    ACTIVE,
+    PIPELINE,
+    RESTING,
+    TERMINAL,
+    TRANSITIONS,
+    ConditionType,
+    Phase,
+    may_move,
+)
+from sharpml.contract.records import (
+    EXIT_COLMAP_FAILED,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_QUALITY_GATE,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    SPLAT_RECORD_BYTES,
+    RecordError,
+    SfmResult,
+    SplatFormatError,
+    count_gaussians,
+    read_progress,
+)
+from sharpml.contract.resource import (
+    API_VERSION,
+    CRD_NAME,
+    CREATED_BY_LABEL,
+    FINALIZER,
+    GROUP,
+    JOB_NAME_LABEL,
+    JOB_UID_LABEL,
+    KIND,
+    MANAGED_BY,
+    OWNER_LABEL,
+    PLURAL,
+    SHORT_NAME,
+    STAGE_LABEL,
+    TOKEN_ANNOTATION,
+    VERSION,
+    owner_label,
+)
+from sharpml.contract.spec import PROCESSING_DEFAULTS, TTL_SECONDS_AFTER_FINISHED, JobSpec
+from sharpml.contract.status import JobStatus, StatusPatch
+
+__all__ = [
+    "ACTIVE",
+    "API_VERSION",
+    "CRD_NAME",
+    "CREATED_BY_LABEL",
+    "EXIT_COLMAP_FAILED",
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_QUALITY_GATE",
+    "EXIT_REJECTED",
+    "EXIT_USAGE",
+    "FINALIZER",
+    "GROUP",
+    "JOB_NAME_LABEL",
+    "JOB_UID_LABEL",
+    "KIND",
+    "MANAGED_BY",
+    "OWNER_LABEL",
+    "PIPELINE",
+    "PLURAL",
+    "PROCESSING_DEFAULTS",
+    "RESTING",
+    "SHORT_NAME",
+    "SPLAT_RECORD_BYTES",
+    "STAGE_LABEL",
+    "TERMINAL",
+    "TOKEN_ANNOTATION",
+    "TRANSITIONS",
+    "TTL_SECONDS_AFTER_FINISHED",
+    "VERSION",
+    "ConditionType",
+    "JobSpec",
+    "JobStatus",
+    "Phase",
+    "RecordError",
+    "SfmResult",
+    "SplatFormatError",
+    "StatusPatch",
+    "count_gaussians",
+    "may_move",
+    "owner_label",
+    "read_progress",
+]

@@ -1,0 +1,134 @@
+"""What passes between the operator and the pods it starts: exit codes and the files they write.
+
+The pods run sandboxed and untrusted, so every record is read bounded, never through a symlink, and
+type-checked before anything uses it (:func:`sharpml.layout.read_untrusted`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sharpml.layout import read_untrusted
+
+# Exit codes of the ``sharpml`` CLI and of the stage entry points (``python -m sharpml.sfm``).
+EXIT_OK = 0
+EXIT_ERROR = 1  # unexpected error
+EXIT_USAGE = 2
+EXIT_REJECTED = 3  # photos rejected by intake
+EXIT_QUALITY_GATE = 4  # reconstruction rejected by the quality gate
+EXIT_COLMAP_FAILED = 5
+
+RESULT_VERSION = 1
+#: Upper bounds for reading what a pod wrote.
+MAX_RESULT_BYTES = 1024 * 1024
+MAX_PROGRESS_BYTES = 64 * 1024
+#: One gaussian in a ``.splat`` file (position, scale, colour, rotation: 3*4 + 3*4 + 4 + 4 bytes).
+SPLAT_RECORD_BYTES = 32
+
+
+class RecordError(ValueError):
+    """A record a pod wrote is missing its shape: wrong type, unknown keys, impossible values."""
+
+
+class SplatFormatError(RecordError):
+    """A ``.splat`` file that is not a whole number of records (or not a regular file)."""
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass
+class SfmResult:
+    """``colmap/result.json``: the SfM stage's summary. ``ok`` is the quality gate's verdict."""
+
+    ok: bool
+    reason: str | None
+    total: int
+    registered: int = 0
+    points: int = 0
+    mean_reprojection_error: float | None = None
+    mean_track_length: float | None = None
+    cameras: int = 0
+    models: int = 0
+    matcher: str = ""
+    mapper: str = ""
+    unregistered: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    scene: str | None = None
+    preview_splat: str | None = None
+    version: int = RESULT_VERSION
+    colmap_version: str = ""
+
+    @property
+    def registered_fraction(self) -> float:
+        return self.registered / self.total if self.total else 0.0
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> SfmResult:
+        """Read ``result.json`` as untrusted: bounded, no symlink, every field type-checked."""
+        data = json.loads(read_untrusted(Path(path), MAX_RESULT_BYTES))
+        if not isinstance(data, dict):
+            raise RecordError(f"{path}: not a JSON object")
+        try:
+            result = cls(**data)
+        except TypeError as exc:  # unknown or missing keys
+            raise RecordError(f"{path}: {exc}") from None
+        error = result.mean_reprojection_error
+        if (
+            not isinstance(result.ok, bool)
+            or not all(_count(n) for n in (result.total, result.registered, result.points))
+            or not (result.reason is None or isinstance(result.reason, str))
+            or not (error is None or (isinstance(error, int | float) and not isinstance(error, bool)))
+        ):
+            raise RecordError(f"{path}: fields of the wrong type")
+        return result
+
+
+def read_progress(path: Path) -> dict[str, Any] | None:
+    """The last ``progress.json`` record (``stage``, ``fraction`` in [0, 1], ``message``), or ``None``
+    when there is none yet or it is not one. Written by :class:`sharpml.progress.ProgressFile`."""
+    try:
+        record = json.loads(read_untrusted(Path(path), MAX_PROGRESS_BYTES))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    stage, fraction, message = record.get("stage"), record.get("fraction"), record.get("message", "")
+    if not isinstance(stage, str) or not isinstance(message, str):
+        return None
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+        return None
+    return record
+
+
+def count_gaussians(path: Path) -> int:
+    """Number of gaussians in a ``.splat`` file, from its size alone (no read of a possibly huge
+    file), refusing symlinks and anything that is not a regular file of whole records."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    name = Path(path).name
+    if not stat.S_ISREG(st.st_mode):
+        raise SplatFormatError(f"{name}: not a regular file")
+    check_splat_size(name, st.st_size)
+    return st.st_size // SPLAT_RECORD_BYTES
+
+
+def check_splat_size(name: str, size: int) -> None:
+    if size == 0 or size % SPLAT_RECORD_BYTES:
+        raise SplatFormatError(
+            f"{name}: {size} bytes is not a whole number of {SPLAT_RECORD_BYTES}-byte gaussians"
+        )

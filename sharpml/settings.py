@@ -1,0 +1,358 @@
+"""The settings registry: every ``SHARPML_*`` variable of the core, the API and the operator, declared once.
+
+Each :class:`Setting` has its environment name, type, default, bounds and a one-line doc. The
+components read their values through it (``sharpml.config``, ``sharpml_api.settings``,
+``sharpml_operator.settings``), the README's configuration tables are generated from it
+(``python -m sharpml.settings --write README.md``; a test fails when they drift) and so will the Helm
+chart's values be. Pure Python: no third-party import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+COMPONENTS = ("core", "api", "operator")
+KINDS = ("int", "float", "str", "secret", "path", "list", "object", "array", "choice", "quantity")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+
+
+class ConfigError(ValueError):
+    """A ``SHARPML_*`` variable holds a value that cannot be used; the message names it and the rule."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    kind: str
+    default: Any
+    doc: str
+    component: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    #: How the README shows a default that is computed at start-up (a path, the pod's namespace).
+    shown: str | None = None
+
+    def __post_init__(self) -> None:
+        assert self.kind in KINDS and self.component in COMPONENTS, self
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        """The value from ``env`` (unset or blank: the default), parsed and checked."""
+        raw = env.get(self.env)
+        if raw is None or raw.strip() == "":
+            return self.default
+        raw = raw.strip() if self.kind != "secret" else raw
+        return self.parse(raw)
+
+    def parse(self, raw: str) -> Any:
+        name = f"{self.env}={raw!r}" if self.kind != "secret" else self.env
+        if self.kind in ("int", "float"):
+            try:
+                value: Any = int(raw) if self.kind == "int" else float(raw)
+            except ValueError:
+                what = "a whole number" if self.kind == "int" else "a number"
+                raise ConfigError(f"{name}: must be {what}") from None
+            if self.minimum is not None and value < self.minimum:
+                raise ConfigError(f"{name}: must be at least {_num(self.minimum)}")
+            if self.maximum is not None and value > self.maximum:
+                raise ConfigError(f"{name}: must be at most {_num(self.maximum)}")
+            return value
+        if self.kind == "choice":
+            if raw not in self.choices:
+                raise ConfigError(f"{name}: must be one of {', '.join(self.choices)}")
+            return raw
+        if self.kind == "quantity":
+            if not _QUANTITY.match(raw):
+                raise ConfigError(f"{name}: must be a Kubernetes quantity such as 500m, 2, 512Mi or 8Gi")
+            return raw
+        if self.kind == "list":
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+        if self.kind in ("object", "array"):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{self.env}: not valid JSON ({exc.msg})") from None
+            wanted = dict if self.kind == "object" else list
+            if not isinstance(value, wanted):
+                raise ConfigError(f"{self.env}: must be a JSON {self.kind}")
+            return value
+        if self.kind == "path":
+            return Path(raw).expanduser()
+        return raw
+
+    @property
+    def default_text(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if self.default in ("", (), None):
+            return "—"
+        if isinstance(self.default, tuple):
+            return "`" + ",".join(self.default) + "`"
+        if isinstance(self.default, dict | list):
+            return "`" + json.dumps(self.default, separators=(",", ":")) + "`"
+        return f"`{_num(self.default) if isinstance(self.default, float) else self.default}`"
+
+    @property
+    def bounds_text(self) -> str:
+        if self.choices:
+            return " | ".join(self.choices)
+        lo, hi = self.minimum, self.maximum
+        if lo is not None and hi is not None:
+            return f"{_num(lo)} to {_num(hi)}"
+        if lo is not None:
+            return f"≥ {_num(lo)}"
+        return ""
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+_SFM_TOLERATIONS = [{"key": "sharpml.com/sfm", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- core: the CLI, the API and the operator alike --------------------------------------------------
+    Setting(
+        "SHARPML_DATA_DIR",
+        "path",
+        None,
+        "the data directory (jobs, uploads, splats)",
+        "core",
+        shown="`~/.local/share/sharpml` (`.data/` under `make`)",
+    ),
+    Setting("SHARPML_MAX_FILE_MB", "int", 20, "largest accepted photo, in MB", "core", 1),
+    Setting("SHARPML_MAX_UPLOAD_MB", "int", 500, "largest accepted set of photos, in MB", "core", 1),
+    Setting("SHARPML_MIN_IMAGES", "int", 5, "fewest photos in a set", "core", 1),
+    Setting("SHARPML_MAX_IMAGES", "int", 100, "most photos in a set", "core", 1),
+    Setting(
+        "SHARPML_MAX_IMAGE_DIMENSION",
+        "int",
+        8000,
+        "longest accepted side in pixels, checked from the header before decoding",
+        "core",
+        16,
+    ),
+    Setting(
+        "SHARPML_JOB_TIMEOUT_MS",
+        "int",
+        1_800_000,
+        "processing deadline of a job's SfM stage, in milliseconds",
+        "core",
+        1000,
+    ),
+    # --- the REST API -----------------------------------------------------------------------------------
+    Setting("SHARPML_API_HOST", "str", "127.0.0.1", "listen address (0.0.0.0 in a pod)", "api"),
+    Setting("SHARPML_API_PORT", "int", 8080, "listen port", "api", 0, 65535),
+    Setting(
+        "SHARPML_NAMESPACE",
+        "str",
+        "",
+        "where SharpJobs and rate-limit Leases live",
+        "api",
+        shown="the pod's namespace, else `sharpml`",
+    ),
+    Setting(
+        "SHARPML_KUBECONFIG",
+        "str",
+        "",
+        "kubeconfig file (or `KUBECONFIG`)",
+        "api",
+        shown="in-cluster service account",
+    ),
+    Setting(
+        "SHARPML_JWT_ALGORITHMS",
+        "list",
+        (),
+        "accepted token algorithms (comma-separated)",
+        "api",
+        shown="HS256 if a secret is set, RS256 if a public key is",
+    ),
+    Setting("SHARPML_JWT_SECRET", "secret", "", "HMAC key for HS* tokens, at least 32 bytes", "api"),
+    Setting("SHARPML_JWT_PUBLIC_KEY", "secret", "", "PEM public key for RS/PS/ES tokens", "api"),
+    Setting("SHARPML_JWT_PUBLIC_KEY_FILE", "str", "", "file holding that PEM public key", "api"),
+    Setting("SHARPML_JWT_ISSUER", "str", "", "required `iss` claim (required when a key is set)", "api"),
+    Setting("SHARPML_JWT_AUDIENCE", "str", "sharpml-api", "required `aud` claim", "api"),
+    Setting("SHARPML_JWT_ACCOUNT_CLAIM", "str", "sub", "claim holding the account id", "api"),
+    Setting("SHARPML_JWT_LEEWAY_SECONDS", "int", 30, "clock skew allowed on `exp`/`nbf`", "api", 0, 300),
+    Setting(
+        "SHARPML_RATE_LIMIT_IP_PER_HOUR", "int", 10, "uploads per client address per hour (0: off)", "api", 0
+    ),
+    Setting(
+        "SHARPML_RATE_LIMIT_ACCOUNT_PER_DAY", "int", 50, "uploads per account per day (0: off)", "api", 0
+    ),
+    Setting(
+        "SHARPML_ANONYMOUS_UPLOADS_PER_DAY",
+        "int",
+        3,
+        "free tier: anonymous uploads per address per day (0: refused)",
+        "api",
+        0,
+    ),
+    Setting(
+        "SHARPML_ANONYMOUS_ACCOUNT",
+        "str",
+        "anonymous",
+        "owner of anonymous jobs; tokens naming it are refused",
+        "api",
+    ),
+    Setting("SHARPML_CORS_ORIGINS", "list", ("https://sharpml.com",), "origins allowed by CORS", "api"),
+    Setting(
+        "SHARPML_TRUSTED_PROXIES", "list", (), "addresses/CIDRs whose `X-Forwarded-For` is believed", "api"
+    ),
+    Setting("SHARPML_INTAKE_CONCURRENCY", "int", 2, "uploads ingested at once per replica", "api", 1),
+    Setting("SHARPML_INTAKE_WORKERS", "int", 2, "decode threads per upload", "api", 1),
+    Setting(
+        "SHARPML_SSE_KEEPALIVE_SECONDS", "int", 15, "keep-alive comment interval of event streams", "api", 1
+    ),
+    Setting(
+        "SHARPML_UPLOAD_TIMEOUT_SECONDS",
+        "int",
+        900,
+        "longest an upload's body may take to arrive (then 408)",
+        "api",
+        1,
+    ),
+    Setting(
+        "SHARPML_PUBLIC_URL",
+        "str",
+        "",
+        "base of the URLs in responses (behind a proxy)",
+        "api",
+        shown="the request's base URL",
+    ),
+    Setting(
+        "SHARPML_LOG_LEVEL",
+        "choice",
+        "info",
+        "log level",
+        "api",
+        choices=("debug", "info", "warning", "error"),
+    ),
+    # --- the operator -----------------------------------------------------------------------------------
+    Setting("SHARPML_SFM_IMAGE", "str", "localhost/sharpml-sfm:latest", "the SfM image", "operator"),
+    Setting(
+        "SHARPML_SFM_IMAGE_PULL_POLICY",
+        "choice",
+        "IfNotPresent",
+        "its pull policy",
+        "operator",
+        choices=("Always", "IfNotPresent", "Never"),
+    ),
+    Setting(
+        "SHARPML_SFM_CONCURRENCY", "int", 1, "SfM pods at once (the SfM node's queue slots)", "operator", 1
+    ),
+    Setting(
+        "SHARPML_SFM_NODE_SELECTOR",
+        "object",
+        {"sharpml.com/role": "sfm"},
+        "nodeSelector pinning SfM pods (JSON)",
+        "operator",
+    ),
+    Setting(
+        "SHARPML_SFM_TOLERATIONS",
+        "array",
+        _SFM_TOLERATIONS,
+        "tolerations of SfM pods (JSON)",
+        "operator",
+        shown="toleration of `sharpml.com/sfm=true:NoSchedule`",
+    ),
+    Setting("SHARPML_SFM_CPU_REQUEST", "quantity", "1", "SfM container CPU request", "operator"),
+    Setting("SHARPML_SFM_CPU_LIMIT", "quantity", "4", "SfM container CPU limit", "operator"),
+    Setting("SHARPML_SFM_MEMORY_REQUEST", "quantity", "2Gi", "SfM container memory request", "operator"),
+    Setting(
+        "SHARPML_SFM_MEMORY_LIMIT",
+        "quantity",
+        "8Gi",
+        "SfM container memory limit (exceeded: `OutOfMemory`)",
+        "operator",
+    ),
+    Setting("SHARPML_SFM_EPHEMERAL_REQUEST", "quantity", "1Gi", "SfM ephemeral storage request", "operator"),
+    Setting(
+        "SHARPML_SFM_EPHEMERAL_LIMIT",
+        "quantity",
+        "4Gi",
+        "SfM ephemeral storage limit, also the `/tmp` emptyDir's size",
+        "operator",
+    ),
+    Setting("SHARPML_SFM_UID", "int", 10001, "the SfM image's fixed non-root UID/GID", "operator", 1),
+    Setting("SHARPML_SFM_THREADS", "int", -1, "COLMAP threads in the pod (-1: all it sees)", "operator", -1),
+    Setting("SHARPML_DATA_PVC", "str", "sharpml-data", "claim name of the shared data volume", "operator"),
+    Setting("SHARPML_OPERATOR_POLL_SECONDS", "float", 2.0, "queue and pod check interval", "operator", 0.1),
+    Setting("SHARPML_RETENTION_CHECK_SECONDS", "float", 60.0, "retention check interval", "operator", 0.1),
+    Setting(
+        "SHARPML_SFM_START_TIMEOUT_SECONDS",
+        "int",
+        600,
+        "an SfM pod unschedulable or not pulled this long fails its job",
+        "operator",
+        1,
+    ),
+    Setting("SHARPML_METRICS_PORT", "int", 8080, "Prometheus endpoint port (0: off)", "operator", 0, 65535),
+)
+REGISTRY: dict[str, Setting] = {s.env: s for s in SETTINGS}
+assert len(REGISTRY) == len(SETTINGS), "a setting is declared twice"
+
+
+def value(env: Mapping[str, str], name: str) -> Any:
+    """The value of setting ``name`` in ``env``."""
+    return REGISTRY[name].read(env)
+
+
+def defaults(component: str) -> dict[str, Any]:
+    return {s.env: s.default for s in SETTINGS if s.component == component}
+
+
+def markdown_table(component: str) -> str:
+    rows = ["| variable | default | bounds | meaning |", "|---|---|---|---|"]
+    rows += [
+        f"| `{s.env}` | {s.default_text} | {s.bounds_text} | {s.doc} |"
+        for s in SETTINGS
+        if s.component == component
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def _blocks(text: str) -> Iterable[tuple[str, int, int]]:
+    for m in re.finditer(r"<!-- settings:(\w+) -->\n(.*?)<!-- /settings -->", text, re.S):
+        yield m.group(1), m.start(2), m.end(2)
+
+
+def render(text: str) -> str:
+    """``text`` (the README) with every ``<!-- settings:COMPONENT -->`` block regenerated."""
+    out, last = [], 0
+    for component, start, end in _blocks(text):
+        out += [text[last:start], markdown_table(component)]
+        last = end
+    return "".join(out) + text[last:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sharpml.settings", description=__doc__.split("\n")[0])
+    parser.add_argument("--write", type=Path, help="regenerate the settings tables in this Markdown file")
+    parser.add_argument("--check", type=Path, help="exit 1 if this file's settings tables are stale")
+    args = parser.parse_args(argv)
+    target = args.write or args.check
+    if target is None:
+        for component in COMPONENTS:
+            print(f"### {component}\n\n{markdown_table(component)}")
+        return 0
+    text = target.read_text()
+    new = render(text)
+    if args.check:
+        if new != text:
+            print(f"{target}: settings tables are stale; run python -m sharpml.settings --write {target}")
+            return 1
+        return 0
+    target.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
