@@ -11,7 +11,7 @@ export SHARPML_DATA_DIR ?= $(CURDIR)/.data
 $(BIN)/sharpml: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,cluster,api,operator]'
+	$(BIN)/pip install -q -e '.[cli,dev,cluster,api,operator]'
 	@touch $@
 
 venv: $(BIN)/sharpml

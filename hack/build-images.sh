@@ -75,7 +75,7 @@ base_id="$(podman image inspect -f '{{index .Labels "sharpml.base"}}' "$base")"
 [ -n "$base_id" ] && [ "$base_id" != "<no value>" ] || base_id="$(podman image inspect -f '{{.Id}}' "$base")"
 hash="$(
   cd "$REPO"
-  { echo "$base_id"; cat images/sfm/Dockerfile pyproject.toml;
+  { echo "$base_id"; cat images/sfm/Dockerfile pyproject.toml hack/requirements.py;
     find sharpml -name '*.py' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16
 )"
 ref="$IMAGE:$hash"
@@ -93,6 +93,7 @@ else
   ctx="$(mktemp -d "${TMPDIR:-/tmp}/sharpml-ctx.XXXXXX")"
   trap 'rm -rf "$ctx"' EXIT
   cp "$REPO/pyproject.toml" "$ctx/"
+  python3 "$REPO/hack/requirements.py" sfm > "$ctx/requirements.txt"
   mkdir -p "$ctx/operator" "$ctx/api"  # package roots named in pyproject; not part of this image
   (cd "$REPO" && find sharpml -name '*.py' -exec cp --parents {} "$ctx/" \;)
   start=$(date +%s)

@@ -6,7 +6,7 @@
 Starts (or reuses) the control plane, applies the CRD, registers the SfM node and runs the node agent
 for it (podman, the project's SfM image), makes a namespace `sharpml-demo` with a local data volume,
 ingests synthetic photos as the API would, starts `sharpml-operator`, creates a SharpJob and follows
-it to Reconstructed. Prints `kubectl describe sj` at the end.
+it through Reconstructed to Complete. Prints `kubectl describe sj` at the end.
 """
 
 from __future__ import annotations
@@ -146,11 +146,11 @@ def main() -> int:
             if line != last:
                 print(f"  {line[0]!s:15} {line[1]!s:>3}%  {line[2]}")
                 last = line
-            if st.get("phase") in ("Reconstructed", "Failed"):
+            if st.get("phase") in ("Complete", "Failed"):
                 break
             time.sleep(0.5)
         print(cp.kubectl("describe", "sj", "demo", "-n", NS).stdout)
-        return 0 if last and last[0] == "Reconstructed" else 1
+        return 0 if last and last[0] == "Complete" else 1
     finally:
         os.killpg(operator.pid, signal.SIGTERM)
         operator.wait(timeout=30)

@@ -100,15 +100,27 @@ class Setting:
         return f"`{_num(self.default) if isinstance(self.default, float) else self.default}`"
 
     @property
-    def bounds_text(self) -> str:
-        if self.choices:
-            return " | ".join(self.choices)
+    def accepts(self) -> str:
+        """What a value may be, for the README tables (and the Helm chart's schema later)."""
+        if self.kind == "choice":
+            return ", ".join(f"`{c}`" for c in self.choices)
+        words = {
+            "int": "integer",
+            "float": "number",
+            "str": "text",
+            "secret": "secret text",
+            "path": "path",
+            "list": "comma-separated list",
+            "object": "JSON object",
+            "array": "JSON array",
+            "quantity": "Kubernetes quantity",
+        }
         lo, hi = self.minimum, self.maximum
         if lo is not None and hi is not None:
-            return f"{_num(lo)} to {_num(hi)}"
+            return f"{words[self.kind]} {_num(lo)} to {_num(hi)}"
         if lo is not None:
-            return f"≥ {_num(lo)}"
-        return ""
+            return f"{words[self.kind]} ≥ {_num(lo)}"
+        return words[self.kind]
 
 
 def _num(x: float) -> str:
@@ -310,9 +322,9 @@ def defaults(component: str) -> dict[str, Any]:
 
 
 def markdown_table(component: str) -> str:
-    rows = ["| variable | default | bounds | meaning |", "|---|---|---|---|"]
+    rows = ["| variable | default | accepts | meaning |", "|---|---|---|---|"]
     rows += [
-        f"| `{s.env}` | {s.default_text} | {s.bounds_text} | {s.doc} |"
+        f"| `{s.env}` | {s.default_text} | {s.accepts} | {s.doc} |"
         for s in SETTINGS
         if s.component == component
     ]
