@@ -1,11 +1,14 @@
 """End of life: the finalizer (stop what runs, then delete the job's files) and retention.
 
-Retention is one operator-wide loop over an index of finished jobs, not a timer per job. A timer is a
-kopf daemon of its object: when it deleted its own SharpJob, kopf had to stop that timer before it
-could release the finalizer, while the timer's handler was still returning in its thread; the
-finalizer's removal then raced kopf's own bookkeeping patches of the object and could be left
-waiting for an event that never came (the job stuck, finalizer in place). Deleting from outside the
-object's handlers makes retention exactly what ``kubectl delete`` is, which kopf handles cleanly.
+Retention is one operator-wide loop over an index of finished jobs, not a kopf timer per job. A timer
+is a daemon of its object, and kopf releases an object's finalizer only once all its daemons have
+exited. A retention timer deleted its own SharpJob from inside its handler, so the deletion event was
+often processed while that handler was still returning in its worker thread: kopf found the timer
+"still exiting" and re-checked only after ``settings.background.cancellation_polling`` (60 s by
+default), holding the job and its files for a minute (seen in the operator's log as "Timer
+'retention' is still exiting. The next check is in 60 seconds", and as a test timing out at 30 s).
+Deleting from outside the object's handlers makes retention what ``kubectl delete`` is. A user's delete
+can still meet the job's reconcile timer mid-run; for that the polling is one second (handlers.py).
 """
 
 from __future__ import annotations

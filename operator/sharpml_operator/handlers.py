@@ -56,6 +56,9 @@ async def configure(settings: kopf.OperatorSettings, finished_jobs: kopf.Index, 
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    # A job deleted while its reconcile timer runs keeps its finalizer until kopf sees the timer gone:
+    # check every second, not kopf's default minute (see cleanup.py).
+    settings.background.cancellation_polling = 1.0
     metrics.serve(CFG.metrics_port)
     _TASKS.add(asyncio.get_running_loop().create_task(_retention(finished_jobs), name="sharpml-retention"))
     log.info(

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 import pytest
 
 from tests.operator.conftest import create, events_for, get_job, sfm_pods, sharpjob, wait_for, wait_phase
 
 pytestmark = [pytest.mark.cluster, pytest.mark.podman]
+
+
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _wait(predicate, timeout=60, what=""):
@@ -62,12 +67,15 @@ def test_cancel_then_retention_deletes_job_and_files(
     )
     assert undo.returncode != 0 and "cannot be undone" in undo.stderr
 
-    # ttlSecondsAfterFinished later the job and its files are gone, and the deletion is on record.
+    # ttlSecondsAfterFinished later the job and its files are gone, and the deletion is on record. It takes
+    # about a check interval (1 s here): a retention that raced kopf's finalizer took a minute (cleanup.py).
     _wait(
         lambda: cp.kubectl("get", "sj", "stop", "-n", ns, check=False).returncode != 0,
         timeout=30,
         what="retention to delete the job",
     )
+    late = (datetime.now(UTC) - _time(job["status"]["timestamps"]["finishedAt"])).total_seconds() - 4
+    assert late < 10, f"deleted {late:.1f} s after its TTL expired"
     assert not (data_volume.root / job_dir).exists()
     reasons = [e["reason"] for e in events_for(cp, ns, "stop")]
     assert "RetentionExpired" in reasons and "FilesDeleted" in reasons, reasons
