@@ -207,7 +207,7 @@ async def _retention(finished_jobs: kopf.Index) -> None:
                 log.exception("retention check failed")
 
 
-# --- metrics mirror --------
+# --- metrics mirror ---
 
 
 @kopf.on.event(*RESOURCE)

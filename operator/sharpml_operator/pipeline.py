@@ -1,13 +1,13 @@
 """What happens to a SharpJob next: admission, the stages in order, the queues, cancel and the end.
 
 The lifecycle's legal moves are one table (:data:`sharpml.contract.TRANSITIONS`); the pipeline is
-the ordered list of stages (:data:`STAGES`). For a job in phase P, exactly one rule applies:
+the ordered list of stages (:attr:`Pipeline.stages`). For a job in phase P, exactly one rule applies:
 
 - a stage *runs in* P: that stage observes its work (progress, then done or failed);
 - a stage *waits in* P: the job takes that stage's slot when it is its turn, else shows its place;
 - P is a resting phase no stage waits in: the pipeline ends here, the job is Complete.
 
-So a new stage (training, delivery) is one new module added to :data:`STAGES`, not new branches here.
+So a new stage (training, delivery) is one new module added to that list, not new branches here.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Pipeline:
     def waiting_in(self, phase: Phase) -> Stage | None:
         return next((s for s in self.stages if phase in s.waits_in), None)
 
-    # --- a new job --------
+    # --- a new job ---
 
     def admit(self, job: Job, snap: Snapshot, sequence: int) -> None:
         """Check a new job's source and queue it for the first stage (then try to start it at once)."""
@@ -59,7 +59,7 @@ class Pipeline:
         )
         self.step(job, Snapshot([*snap.without(job.uid).jobs, me], snap.pods))
 
-    # --- every tick of an active job --------
+    # --- every tick of an active job ---
 
     def step(self, job: Job, snap: Snapshot) -> None:
         """One level-triggered step. Cancellation is decided here too, so that only one task ever moves
@@ -98,11 +98,11 @@ class Pipeline:
         job.enter(
             Phase.COMPLETE,
             "Complete",
-            f"{last.title} finished; the preview splat is the job's result "
+            f"{last.title} finished; {last.result} is the job's result "
             "(training and delivery are not enabled in this release)",
         )
 
-    # --- cancel and delete --------
+    # --- cancel and delete ---
 
     def cancel(self, job: Job, snap: Snapshot) -> None:
         stopped = [s.title for s in self.stages if s.stop(job, snap)]

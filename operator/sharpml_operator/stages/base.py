@@ -23,6 +23,8 @@ class Stage(ABC):
     title: str
     #: What a queued job waits for ("the SfM node").
     waiting_for: str
+    #: What it leaves for the user when it is the last stage ("the preview splat").
+    result: str
     #: The kind of resource it queues for (a key of ``Settings.slots()``).
     slot: str
     #: Phases that wait for this stage's slot, in the queue's order; the first is the one admission sets.

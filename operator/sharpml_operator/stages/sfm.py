@@ -40,6 +40,7 @@ class SfmStage(Stage):
     name = SFM_STAGE
     title = "structure from motion"
     waiting_for = "the SfM node"
+    result = "the preview splat (colmap/preview.splat)"
     slot = SFM_NODE
     #: A job the operator has not looked at yet (Pending) keeps its place: a burst of new jobs can never
     #: take more than the free slots.
