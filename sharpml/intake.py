@@ -14,6 +14,7 @@ so a rejected or interrupted set leaves nothing behind.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -153,11 +154,12 @@ def _human_mb(n: int) -> str:
 
 
 def _open_upload(upload: Upload) -> io.BufferedReader:
-    """Open the upload's bytes, refusing symlinks and anything that is not a regular file."""
-    fd = os.open(upload.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """Open the upload's bytes, refusing symlinks and anything that is not a regular file (opened
+    non-blocking, so a FIFO named like a photo is refused instead of waiting for a writer forever)."""
+    fd = os.open(upload.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(f"{upload.path} is not a regular file")
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", str(upload.path))
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

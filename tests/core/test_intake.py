@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -286,6 +287,21 @@ def test_symlinked_upload_is_refused(tmp_path: Path, good: list[Path], store: Da
     assert rejected(ups([link, *good[1:]]), store) == [
         "link.jpg: is a symbolic link; upload the photo itself"
     ]
+
+
+def test_a_fifo_named_like_a_photo_is_refused_without_waiting(tmp_path: Path, good: list[Path]) -> None:
+    fifo = tmp_path / "IMG_0100.jpg"
+    os.mkfifo(fifo)
+    found: list[object] = []
+    worker = threading.Thread(target=lambda: found.extend(validate(ups([*good, fifo]))))
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # unblock the reader so the test run can end, then fail
+        with open(fifo, "wb"):
+            pass
+        worker.join()
+        pytest.fail("intake waited on a FIFO for a writer")
+    assert [str(p) for p in found] == ["IMG_0100.jpg: cannot be read (not a regular file)"]
 
 
 def test_symlink_planted_in_the_data_dir_is_not_followed(tmp_path: Path, good: list[Path]) -> None:
