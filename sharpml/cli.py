@@ -1,6 +1,7 @@
 """``sharpml``: the whole job on one machine, and the tools around it.
 
-Exit codes: 0 success; 1 unexpected error; 2 usage error; 3 photos rejected by intake;
+Exit codes are the ``EXIT_*`` names of :mod:`sharpml.contract`: 0 success; 1 unexpected error (and
+``inspect`` on a file with non-finite values); 2 usage error; 3 photos rejected by intake;
 4 reconstruction rejected by the quality gate; 5 COLMAP failed.
 """
 
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from sharpml import intake, sfm, splat
 from sharpml.config import MB, ConfigError, IntakeLimits
-from sharpml.contract import EXIT_COLMAP_FAILED, EXIT_QUALITY_GATE, EXIT_REJECTED
+from sharpml.contract import EXIT_COLMAP_FAILED, EXIT_ERROR, EXIT_OK, EXIT_QUALITY_GATE, EXIT_REJECTED
 from sharpml.layout import DataDir, JobDir
 
 _STAGE_TITLES = {
@@ -170,7 +171,7 @@ def _run_job(
         err=True,
     )
     click.echo(f"  training-ready scene: {accepted.job.scene}", err=True)
-    return 0, accepted.job
+    return EXIT_OK, accepted.job
 
 
 @cli.command()
@@ -214,7 +215,7 @@ def inspect(file: Path, as_json: bool) -> None:
         for key, value in info.items():
             click.echo(f"{key:>15}: {value}")
     if info["non_finite"]:
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
 
 
 @cli.command("sample-photos")
