@@ -77,6 +77,25 @@ def _limits() -> IntakeLimits:
         raise click.UsageError(str(exc)) from exc
 
 
+#: How many skipped folder entries are named one per line before the rest are counted.
+_SKIPPED_SHOWN = 20
+
+
+def _select(paths: Sequence[Path]) -> list[intake.Upload]:
+    """The uploads for PATHS (see :func:`sharpml.intake.select_uploads`), naming what was skipped."""
+    selection = intake.select_uploads(paths)
+    if selection.skipped:
+        n = len(selection.skipped)
+        click.secho(
+            f"skipped {n} folder {'entry' if n == 1 else 'entries'} (not photos):", fg="yellow", err=True
+        )
+        for entry in selection.skipped[:_SKIPPED_SHOWN]:
+            click.echo(f"  {entry}", err=True)
+        if n > _SKIPPED_SHOWN:
+            click.echo(f"  ... and {n - _SKIPPED_SHOWN} more", err=True)
+    return selection.uploads
+
+
 def _report_rejection(exc: intake.IntakeRejected) -> None:
     click.secho(f"✘ {len(exc.problems)} problem(s); nothing was stored:", fg="red", err=True)
     for problem in exc.problems:
@@ -110,7 +129,9 @@ def process(
 ) -> None:
     """Run the whole job: intake -> structure from motion -> preview splat.
 
-    PHOTOS are image files or folders of them (5-100 JPEG, PNG or HEIC photos).
+    PHOTOS are photo files, or folders: of a folder, the photos directly inside it are taken (JPEG, PNG
+    or HEIC by extension, any case) and its other entries, hidden files and sub-folders are skipped and
+    named. 5-100 photos in all.
     """
     options = sfm.SfmOptions(
         matcher=matcher, mapper=mapper, max_image_size=max_image_size, num_threads=threads
@@ -125,7 +146,7 @@ def _run_job(
     if not verbose:
         pycolmap.logging.minloglevel = 2
     store = DataDir(data_dir) if data_dir else DataDir.from_env()
-    uploads = intake.uploads_from_paths(photos)
+    uploads = _select(photos)
     bars = ProgressBars()
     t0 = time.monotonic()
     try:
@@ -177,8 +198,11 @@ def _run_job(
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
-    """Check FILES (or folders of them) exactly as an upload is checked, set rules included."""
-    uploads = intake.uploads_from_paths(files)
+    """Check FILES exactly as an upload is checked, set rules included.
+
+    A folder stands for the photos in it, as in ``process``; files named one by one are all checked.
+    """
+    uploads = _select(files)
     problems = intake.validate(uploads, _limits())
     if problems:
         _report_rejection(intake.IntakeRejected(problems))

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from sharpml.config import MB, IntakeLimits
-from sharpml.intake import IntakeRejected, Upload, ingest, uploads_from_paths, validate
+from sharpml.intake import IntakeRejected, Upload, ingest, validate
 from sharpml.layout import DataDir, UnsafePathError
 
 from .photos import (
@@ -336,13 +336,6 @@ def test_modes_are_normalised_to_rgb(tmp_path: Path, good: list[Path], store: Da
     for image in result.images:
         with Image.open(result.job.images / image.name) as out:
             assert out.mode == "RGB"
-
-
-def test_uploads_from_a_folder_skip_hidden_files(tmp_path: Path) -> None:
-    folder = tmp_path / "in"
-    photo_set(folder, 5)
-    (folder / ".DS_Store").write_bytes(b"junk")
-    assert len(uploads_from_paths([folder])) == 5
 
 
 def test_limits_come_from_the_environment() -> None:
