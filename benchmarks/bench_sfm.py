@@ -19,7 +19,7 @@ import pycolmap
 from common import save
 
 from sharpml.evaluation import evaluate_job
-from sharpml.intake import ingest, uploads_from_paths
+from sharpml.intake import ingest, select_uploads
 from sharpml.layout import DataDir
 from sharpml.sfm import SfmOptions, reconstruct
 from sharpml.synthetic import write_dataset
@@ -47,7 +47,9 @@ def main() -> None:
             ds = write_dataset(Path(tmp) / f"scene{n}", n, args.width, args.height)
             print(f"rendered {n} photos in {time.perf_counter() - t0:.0f} s", flush=True)
             for name in args.configs:
-                job = ingest(uploads_from_paths([ds.photos_dir]), DataDir(Path(tmp) / f"data-{n}-{name}")).job
+                job = ingest(
+                    select_uploads([ds.photos_dir]).uploads, DataDir(Path(tmp) / f"data-{n}-{name}")
+                ).job
                 t0 = time.perf_counter()
                 result = reconstruct(job, CONFIGS[name])
                 wall = time.perf_counter() - t0

@@ -1,6 +1,7 @@
 """``sharpml``: the whole job on one machine, and the tools around it.
 
-Exit codes: 0 success; 1 unexpected error; 2 usage error; 3 photos rejected by intake;
+Exit codes are the ``EXIT_*`` names of :mod:`sharpml.contract`: 0 success; 1 unexpected error (and
+``inspect`` on a file with non-finite values); 2 usage error; 3 photos rejected by intake;
 4 reconstruction rejected by the quality gate; 5 COLMAP failed.
 """
 
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from sharpml import intake, sfm, splat
 from sharpml.config import MB, ConfigError, IntakeLimits
-from sharpml.contract import EXIT_COLMAP_FAILED, EXIT_QUALITY_GATE, EXIT_REJECTED
+from sharpml.contract import EXIT_COLMAP_FAILED, EXIT_ERROR, EXIT_OK, EXIT_QUALITY_GATE, EXIT_REJECTED
 from sharpml.layout import DataDir, JobDir
 
 _STAGE_TITLES = {
@@ -76,6 +77,25 @@ def _limits() -> IntakeLimits:
         raise click.UsageError(str(exc)) from exc
 
 
+#: How many skipped folder entries are named one per line before the rest are counted.
+_SKIPPED_SHOWN = 20
+
+
+def _select(paths: Sequence[Path]) -> list[intake.Upload]:
+    """The uploads for PATHS (see :func:`sharpml.intake.select_uploads`), naming what was skipped."""
+    selection = intake.select_uploads(paths)
+    if selection.skipped:
+        n = len(selection.skipped)
+        click.secho(
+            f"skipped {n} folder {'entry' if n == 1 else 'entries'} (not photos):", fg="yellow", err=True
+        )
+        for entry in selection.skipped[:_SKIPPED_SHOWN]:
+            click.echo(f"  {entry}", err=True)
+        if n > _SKIPPED_SHOWN:
+            click.echo(f"  ... and {n - _SKIPPED_SHOWN} more", err=True)
+    return selection.uploads
+
+
 def _report_rejection(exc: intake.IntakeRejected) -> None:
     click.secho(f"✘ {len(exc.problems)} problem(s); nothing was stored:", fg="red", err=True)
     for problem in exc.problems:
@@ -109,7 +129,9 @@ def process(
 ) -> None:
     """Run the whole job: intake -> structure from motion -> preview splat.
 
-    PHOTOS are image files or folders of them (5-100 JPEG, PNG or HEIC photos).
+    PHOTOS are photo files, or folders: of a folder, the photos directly inside it are taken (JPEG, PNG
+    or HEIC by extension, any case) and its other entries, hidden files and sub-folders are skipped and
+    named. 5-100 photos in all.
     """
     options = sfm.SfmOptions(
         matcher=matcher, mapper=mapper, max_image_size=max_image_size, num_threads=threads
@@ -124,7 +146,7 @@ def _run_job(
     if not verbose:
         pycolmap.logging.minloglevel = 2
     store = DataDir(data_dir) if data_dir else DataDir.from_env()
-    uploads = intake.uploads_from_paths(photos)
+    uploads = _select(photos)
     bars = ProgressBars()
     t0 = time.monotonic()
     try:
@@ -170,14 +192,17 @@ def _run_job(
         err=True,
     )
     click.echo(f"  training-ready scene: {accepted.job.scene}", err=True)
-    return 0, accepted.job
+    return EXIT_OK, accepted.job
 
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
-    """Check FILES (or folders of them) exactly as an upload is checked, set rules included."""
-    uploads = intake.uploads_from_paths(files)
+    """Check FILES exactly as an upload is checked, set rules included.
+
+    A folder stands for the photos in it, as in ``process``; files named one by one are all checked.
+    """
+    uploads = _select(files)
     problems = intake.validate(uploads, _limits())
     if problems:
         _report_rejection(intake.IntakeRejected(problems))
@@ -214,7 +239,7 @@ def inspect(file: Path, as_json: bool) -> None:
         for key, value in info.items():
             click.echo(f"{key:>15}: {value}")
     if info["non_finite"]:
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
 
 
 @cli.command("sample-photos")

@@ -14,6 +14,7 @@ so a rejected or interrupted set leaves nothing behind.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -153,11 +154,12 @@ def _human_mb(n: int) -> str:
 
 
 def _open_upload(upload: Upload) -> io.BufferedReader:
-    """Open the upload's bytes, refusing symlinks and anything that is not a regular file."""
-    fd = os.open(upload.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """Open the upload's bytes, refusing symlinks and anything that is not a regular file (opened
+    non-blocking, so a FIFO named like a photo is refused instead of waiting for a writer forever)."""
+    fd = os.open(upload.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(f"{upload.path} is not a regular file")
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", str(upload.path))
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -415,13 +417,70 @@ def ingest(
         raise
 
 
-def uploads_from_paths(paths: Sequence[Path]) -> list[Upload]:
-    """Uploads for local files (the CLI): a directory stands for the files directly inside it."""
+#: The extensions intake accepts (lower case; a name's extension is compared case-insensitively).
+PHOTO_EXTENSIONS: tuple[str, ...] = tuple(_EXT_KIND)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry of a folder argument that was not offered to intake, and why (for messages only)."""
+
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.reason}"
+
+
+@dataclass
+class Selection:
+    """What local paths offer to intake: the uploads, and the folder entries passed over."""
+
+    uploads: list[Upload]
+    skipped: list[Skipped]
+
+
+def select_uploads(paths: Sequence[Path]) -> Selection:
+    """Uploads for local paths (the CLI). A file argument is one upload, whatever it is; a folder
+    argument stands for the photos directly inside it.
+
+    Why: a real photo folder rarely holds only photos. Published data sets ship a ``README.txt`` or
+    camera intrinsics (``K.txt``); phone exports and macOS leave ``.DS_Store`` and ``._IMG_0001.jpg``
+    resource forks (hidden, yet named like photos). Offering all of that to intake would reject the
+    whole set, so a folder is read as "the photos in it" and everything else is named as skipped:
+
+    * a name ending in one of :data:`PHOTO_EXTENSIONS` (any case) is offered to intake, which still
+      applies every rule to it: a ``.jpg`` holding PNG bytes, a symbolic link or a FIFO named like a
+      photo is rejected by name, exactly as in an upload;
+    * hidden entries (names starting with ``.``) are skipped;
+    * other symbolic links are skipped, never followed;
+    * sub-folders are skipped, not searched: a set is one folder's photos, and data sets keep other
+      sets beside them (``images_2/`` with the same photos downscaled would be taken twice);
+    * anything else (other extensions, no extension) is skipped.
+
+    File arguments are never filtered: naming a file is asking for it, so ``README.txt`` given by
+    name is offered to intake and rejected as an upload would be. A folder argument that is itself a
+    symbolic link is offered as a file too, and intake refuses it as a link.
+    """
     uploads: list[Upload] = []
+    skipped: list[Skipped] = []
     for p in map(Path, paths):
-        if p.is_dir() and not p.is_symlink():
-            children = sorted(c for c in p.iterdir() if not c.name.startswith(".") and not c.is_dir())
-            uploads.extend(Upload(c.name, c) for c in children)
-        else:
+        if not (p.is_dir() and not p.is_symlink()):
             uploads.append(Upload(p.name, p))
-    return uploads
+            continue
+        with os.scandir(p) as it:
+            entries = sorted(it, key=lambda e: _natural_key(e.name))
+        for entry in entries:
+            shown = display_name(str(p / entry.name))
+            ext = os.path.splitext(entry.name)[1]
+            if entry.name.startswith("."):
+                skipped.append(Skipped(shown, "hidden (the name starts with a dot)"))
+            elif entry.is_dir(follow_symlinks=False):
+                skipped.append(Skipped(shown, "a folder (folders inside a folder are not searched)"))
+            elif ext.lower() in PHOTO_EXTENSIONS:
+                uploads.append(Upload(entry.name, Path(entry.path)))
+            elif entry.is_symlink():
+                skipped.append(Skipped(shown, "a symbolic link (not followed)"))
+            else:
+                skipped.append(Skipped(shown, f"not a photo ({ext or 'no extension'})"))
+    return Selection(uploads, skipped)

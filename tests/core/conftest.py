@@ -1,4 +1,5 @@
-"""Shared fixtures for core tests: one small rendered scene per session, reused by every SfM test."""
+"""Shared fixtures for core tests: one small rendered scene per session, reused by every SfM test;
+the CLI runner."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from sharpml.synthetic import Dataset, write_dataset
@@ -20,6 +22,19 @@ def scene_photos(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     """Twelve photos of the synthetic scene, mixing JPEG, PNG and HEIC as phones produce them."""
     out = tmp_path_factory.mktemp("scene")
     return write_dataset(out, N_PHOTOS, *SIZE, formats=("jpg", "heic", "png"))
+
+
+@pytest.fixture
+def run(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``run("validate", ...)``: the ``sharpml`` CLI in-process, with its data directory in tmp_path."""
+    from sharpml.cli import cli
+
+    runner = CliRunner()
+
+    def invoke(*args: str):  # type: ignore[no-untyped-def]
+        return runner.invoke(cli, list(args), env={"SHARPML_DATA_DIR": str(tmp_path / "data")})
+
+    return invoke
 
 
 def noise_photos(folder: Path, n: int, seed: int = 11) -> list[Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from sharpml.config import MB, IntakeLimits
-from sharpml.intake import IntakeRejected, Upload, ingest, uploads_from_paths, validate
+from sharpml.intake import IntakeRejected, Upload, ingest, validate
 from sharpml.layout import DataDir, UnsafePathError
 
 from .photos import (
@@ -288,6 +289,21 @@ def test_symlinked_upload_is_refused(tmp_path: Path, good: list[Path], store: Da
     ]
 
 
+def test_a_fifo_named_like_a_photo_is_refused_without_waiting(tmp_path: Path, good: list[Path]) -> None:
+    fifo = tmp_path / "IMG_0100.jpg"
+    os.mkfifo(fifo)
+    found: list[object] = []
+    worker = threading.Thread(target=lambda: found.extend(validate(ups([*good, fifo]))))
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # unblock the reader so the test run can end, then fail
+        with open(fifo, "wb"):
+            pass
+        worker.join()
+        pytest.fail("intake waited on a FIFO for a writer")
+    assert [str(p) for p in found] == ["IMG_0100.jpg: cannot be read (not a regular file)"]
+
+
 def test_symlink_planted_in_the_data_dir_is_not_followed(tmp_path: Path, good: list[Path]) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -320,13 +336,6 @@ def test_modes_are_normalised_to_rgb(tmp_path: Path, good: list[Path], store: Da
     for image in result.images:
         with Image.open(result.job.images / image.name) as out:
             assert out.mode == "RGB"
-
-
-def test_uploads_from_a_folder_skip_hidden_files(tmp_path: Path) -> None:
-    folder = tmp_path / "in"
-    photo_set(folder, 5)
-    (folder / ".DS_Store").write_bytes(b"junk")
-    assert len(uploads_from_paths([folder])) == 5
 
 
 def test_limits_come_from_the_environment() -> None:

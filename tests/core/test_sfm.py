@@ -12,7 +12,7 @@ import pytest
 
 from sharpml.contract import EXIT_QUALITY_GATE, SfmResult, read_progress
 from sharpml.evaluation import evaluate_job
-from sharpml.intake import Upload, ingest, uploads_from_paths
+from sharpml.intake import Upload, ingest, select_uploads
 from sharpml.layout import DataDir, JobDir
 from sharpml.sfm import SfmOptions, reconstruct
 from sharpml.splat import read_splat
@@ -36,7 +36,7 @@ def reconstructed(
     scene_photos: Dataset, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[JobDir, SfmResult, Recorder]:
     store = DataDir(tmp_path_factory.mktemp("data"))
-    job = ingest(uploads_from_paths([scene_photos.photos_dir]), store).job
+    job = ingest(select_uploads([scene_photos.photos_dir]).uploads, store).job
     progress = Recorder()
     return job, reconstruct(job, SfmOptions(), progress), progress
 
@@ -108,7 +108,7 @@ def test_progress_moves_through_the_stages(reconstructed) -> None:
 
 @pytest.mark.parametrize(("matcher", "mapper"), [("sequential", "incremental"), ("exhaustive", "global")])
 def test_other_matchers_and_mappers(scene_photos: Dataset, tmp_path: Path, matcher: str, mapper: str) -> None:
-    job = ingest(uploads_from_paths([scene_photos.photos_dir]), DataDir(tmp_path)).job
+    job = ingest(select_uploads([scene_photos.photos_dir]).uploads, DataDir(tmp_path)).job
     # One thread: with several, COLMAP's global mapper is not reproducible even with a fixed seed, and
     # 1 run in 12 here converged to a self-consistent but wrong solution (see README, SfM choices).
     result = reconstruct(job, SfmOptions(matcher=matcher, mapper=mapper, num_threads=1))
