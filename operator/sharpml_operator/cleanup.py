@@ -60,6 +60,8 @@ class Finished:
     uid: str
     finished_at: str | None
     ttl_seconds: int
+    #: Deletion already started (metadata.deletionTimestamp): the finalizer is at work, do not delete again.
+    deleting: bool = False
 
     def expired(self) -> bool:
         age = seconds_since(self.finished_at)
@@ -93,14 +95,15 @@ def post_event(job: Finished, reason: str, message: str) -> None:
     )
 
 
-def expire(jobs: Iterable[Finished], event: Callable[[Finished, str, str], None] = post_event) -> int:
-    """Delete every expired job (its files go through the finalizer); returns how many were deleted.
+def expire(jobs: Iterable[Finished], event: Callable[[Finished, str, str], None] = post_event) -> list[str]:
+    """Delete every expired job (its files go through the finalizer); returns the uids deleted.
 
-    The delete is conditional on the uid, so a job re-created under the same name is never hit."""
-    deleted = 0
+    The delete is conditional on the uid, so a job re-created under the same name is never hit. The
+    counter moves before the event is posted, so whoever sees the event also sees it counted."""
+    deleted = []
     api = kubernetes.client.CustomObjectsApi()
     for job in jobs:
-        if not job.expired():
+        if job.deleting or not job.expired():
             continue
         message = (
             f"retention: finished at {job.finished_at}, ttlSecondsAfterFinished={job.ttl_seconds}; "
@@ -119,8 +122,8 @@ def expire(jobs: Iterable[Finished], event: Callable[[Finished, str, str], None]
             if exc.status not in (404, 409):
                 log.warning("retention of %s/%s failed: %s", job.namespace, job.name, exc.reason)
             continue
-        event(job, "RetentionExpired", message)
-        log.info("%s/%s: %s", job.namespace, job.name, message)
         metrics.RETENTION_DELETIONS.inc()
-        deleted += 1
+        deleted.append(job.uid)
+        log.info("%s/%s: %s", job.namespace, job.name, message)
+        event(job, "RetentionExpired", message)
     return deleted

@@ -107,7 +107,9 @@ def stage_pods(labels: Any, body: Any, **_: Any) -> dict[tuple[str, str], Any]:
 
 
 @kopf.index(*RESOURCE, when=lambda status, **_: Phase.of(status) in TERMINAL)
-def finished_jobs(uid: str, namespace: str, name: str, spec: Any, status: Any, **_: Any) -> dict[str, Any]:
+def finished_jobs(
+    uid: str, namespace: str, name: str, meta: Any, spec: Any, status: Any, **_: Any
+) -> dict[str, Any]:
     return {
         uid: cleanup.Finished(
             namespace=namespace,
@@ -115,6 +117,7 @@ def finished_jobs(uid: str, namespace: str, name: str, spec: Any, status: Any, *
             uid=uid,
             finished_at=(status.get("timestamps") or {}).get("finishedAt"),
             ttl_seconds=JobSpec.read(spec).ttl_seconds_after_finished,
+            deleting=bool(meta.get("deletionTimestamp")),
         )
     }
 
@@ -197,12 +200,17 @@ def finalize(
 
 
 async def _retention(finished_jobs: kopf.Index) -> None:
+    """Every SHARPML_RETENTION_CHECK_SECONDS, delete the finished jobs whose TTL has passed. A job this
+    loop deleted is not deleted again while the index has not yet seen its deletionTimestamp."""
+    deleted: set[str] = set()
     while True:
         await asyncio.sleep(CFG.retention_check_seconds)
-        due = [f for store in list(finished_jobs.values()) for f in store if f.expired()]
+        known = {uid: f for uid, store in list(finished_jobs.items()) for f in store}
+        deleted &= set(known)  # forget jobs that are gone
+        due = [f for uid, f in known.items() if uid not in deleted and not f.deleting and f.expired()]
         if due:
             try:
-                await asyncio.to_thread(cleanup.expire, due)
+                deleted |= set(await asyncio.to_thread(cleanup.expire, due))
             except Exception:  # an apiserver outage must not end retention for good
                 log.exception("retention check failed")
 
