@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sharpml.contract import PROCESSING_DEFAULTS, TTL_SECONDS_AFTER_FINISHED
+
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,17 +43,18 @@ def test_example_applies(control_plane, sharpjob_crd, namespace, example):
 
 
 def test_defaults_are_filled_in(control_plane, sharpjob_crd, namespace):
-    """Omitted processing options and retention get the documented defaults, stored in the object."""
+    """Omitted processing options and retention get the contract's defaults (the measured SfM
+    configuration: 1600 px), filled in and stored in the object by the apiserver."""
     _create(control_plane, namespace, _job(), check=True)
     spec = control_plane.get_json("sj", "chair", "-n", namespace)["spec"]
-    assert spec["processing"] == {
+    assert spec["processing"] == PROCESSING_DEFAULTS == {
         "matcher": "auto",
         "mapper": "auto",
-        "maxImageSize": 3200,
+        "maxImageSize": 1600,
         "trainingIterations": 30000,
         "trainer": "runpod",
     }
-    assert spec["ttlSecondsAfterFinished"] == 86400
+    assert spec["ttlSecondsAfterFinished"] == TTL_SECONDS_AFTER_FINISHED == 86400
 
 
 def _upload(count: int = 24, job_dir: str = "jobs/3f2c9a4e-5b1d-4c2a-9e7f-0a1b2c3d4e5f") -> dict:
