@@ -119,3 +119,17 @@ def test_options_mirror_the_crd():
         "notify": {"email": "a@b.co"},
         "ttlSecondsAfterFinished": 0,
     }
+
+
+def test_defaults_are_the_registrys(tmp_path: Path, monkeypatch):
+    """A field's default and the value read from an empty environment are one and the same."""
+    from sharpml.settings import REGISTRY
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert Settings() == Settings.from_env({"XDG_DATA_HOME": str(tmp_path)})
+    assert Settings().jwt.audience == REGISTRY["SHARPML_JWT_AUDIENCE"].default
+    s = Settings.from_env({"SHARPML_JWT_SECRET": " " + "k" * 32 + "\n", "SHARPML_JWT_ISSUER": "i"})
+    assert s.jwt.secret == "k" * 32  # a trailing newline from a mounted file is not key material
+    assert Settings.from_env({"SHARPML_PUBLIC_URL": "https://x.example/"}).public_url == "https://x.example"
+    with pytest.raises(ConfigError, match="SHARPML_LOG_LEVEL"):
+        Settings.from_env({"SHARPML_LOG_LEVEL": "loud"})
