@@ -24,7 +24,7 @@ from sharpml_api.models import UPLOAD_REQUEST_BODY, JobCreated, JobList, JobOpti
 from sharpml_api.problems import ApiProblem, ProblemItem, cluster_unavailable, intake_problem, responses
 from sharpml_api.ratelimit import Limit, RateLimited, StoreContention
 from sharpml_api.state import AppState
-from sharpml_api.uploads import MAX_FIELD_BYTES, MAX_FIELDS, PART_OVERHEAD, boundary_of, receive, spool
+from sharpml_api.uploads import boundary_of, check_declared_length, receive, spool
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger(__name__)
@@ -97,25 +97,15 @@ async def create_job(request: Request, who: Caller) -> JSONResponse:
     s = st.settings
     content_type = request.headers.get("content-type")
     try:
-        boundary_of(content_type)
+        boundary = boundary_of(content_type)
     except ApiProblem:
         st.metrics.uploads.labels("malformed").inc()
         raise
-    length = request.headers.get("content-length")
-    ceiling = (
-        s.limits.max_set_bytes
-        + (s.limits.max_images + MAX_FIELDS) * PART_OVERHEAD
-        + MAX_FIELDS * MAX_FIELD_BYTES
-    )
-    if length and length.isdigit() and int(length) > ceiling:
+    try:
+        check_declared_length(request.headers.get("content-length"), s.limits)
+    except ApiProblem:
         st.metrics.uploads.labels("too_large").inc()
-        raise ApiProblem(
-            413,
-            "too-large",
-            "Upload too large",
-            f"the request is {int(length) / 2**20:.1f} MB; uploads are limited to "
-            f"{s.limits.max_set_bytes / 2**20:.0f} MB of photos",
-        )
+        raise
     if who.anonymous and not s.rate_limits.anonymous_per_ip_per_day:
         st.metrics.uploads.labels("unauthorized").inc()
         raise unauthorized("anonymous uploads are disabled on this server; sign in")
@@ -145,7 +135,7 @@ async def create_job(request: Request, who: Caller) -> JSONResponse:
     st.metrics.in_progress.inc()
     ours_failed = True
     try:
-        response = await _receive_and_create(request, st, who, job_id, content_type)
+        response = await _receive_and_create(request, st, who, job_id, boundary)
         ours_failed = False
         return response
     except ApiProblem as problem:
@@ -176,14 +166,14 @@ def _outcome(status: int) -> str:
 
 
 async def _receive_and_create(
-    request: Request, st: AppState, who: Principal, job_id: str, content_type: str | None
+    request: Request, st: AppState, who: Principal, job_id: str, boundary: bytes
 ) -> JSONResponse:
     s = st.settings
     try:
         with spool(st.data_dir) as spool_dir:
             try:
                 with anyio.fail_after(s.upload_timeout_seconds):
-                    parsed = await receive(request.stream(), content_type, spool_dir, s.limits)
+                    parsed = await receive(request.stream(), boundary, spool_dir, s.limits)
             except TimeoutError:
                 raise ApiProblem(
                     408,
