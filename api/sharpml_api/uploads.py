@@ -71,6 +71,10 @@ def body_too_large(size: int, limits: IntakeLimits) -> ApiProblem:
     )
 
 
+class ClientGone(Exception):
+    """The client went away before its body had arrived (the web layer raises it from the stream)."""
+
+
 def _too_large(kind_rule: str, file: str | None, message: str) -> ApiProblem:
     return file_problem(413, "too-large", "Upload too large", file, kind_rule, message)
 

@@ -133,3 +133,14 @@ def test_defaults_are_the_registrys(tmp_path: Path, monkeypatch):
     assert Settings.from_env({"SHARPML_PUBLIC_URL": "https://x.example/"}).public_url == "https://x.example"
     with pytest.raises(ConfigError, match="SHARPML_LOG_LEVEL"):
         Settings.from_env({"SHARPML_LOG_LEVEL": "loud"})
+
+
+def test_services_do_not_import_the_web_framework():
+    """The submit flow and the job services run without FastAPI or Starlette (routes and deps are
+    the only web layer)."""
+    code = (
+        "import sys, sharpml_api.submit, sharpml_api.jobs, sharpml_api.events; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
