@@ -1,7 +1,7 @@
 """Request options and response bodies, and how they map to and from the SharpJob resource.
 
 The processing options mirror the CRD's ``spec.processing``/``notify``/``ttlSecondsAfterFinished``
-bounds (tests/api/test_models.py holds them equal to crds/sharpjobs.sharpml.com.yaml), so a bad
+bounds (tests/api/test_config.py holds them equal to crds/sharpjobs.sharpml.com.yaml), so a bad
 option is refused in milliseconds, before intake spends CPU on the photos; the apiserver's own
 validation of the CRD remains the final word.
 """
@@ -255,4 +255,39 @@ UPLOAD_REQUEST_BODY = {
             }
         }
     },
+}
+
+
+def _event(name: str, data: dict, description: str) -> dict:
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+            "id": {"type": "string", "description": "The SharpJob's resourceVersion."},
+            "retry": {"type": "integer"},
+        },
+    }
+
+
+#: One event of a job's event stream in the OpenAPI document (the schema of an event-stream describes
+#: each event, as OpenAPI 3.2's ``itemSchema`` does): its type, and its data as JSON.
+EVENT_SCHEMA = {
+    "oneOf": [
+        _event(
+            "status", {"$ref": "#/components/schemas/JobStatus"}, "The job's status, now and on every change."
+        ),
+        _event(
+            "deleted",
+            {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
+            "The job is gone; the stream ends.",
+        ),
+        _event(
+            "error",
+            {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
+            "Following the job failed; the stream ends and the client reconnects.",
+        ),
+    ]
 }

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sharpml_api import events, jobs
 from sharpml_api.auth import unauthorized
 from sharpml_api.deps import BaseUrl, Caller, OwnedJob, State, Upload
-from sharpml_api.models import UPLOAD_REQUEST_BODY, JobCreated, JobList, JobStatus, Links
+from sharpml_api.models import EVENT_SCHEMA, UPLOAD_REQUEST_BODY, JobCreated, JobList, JobStatus, Links
 from sharpml_api.problems import responses
 from sharpml_api.submit import submit
 
@@ -94,7 +94,7 @@ async def delete_job(st: State, who: Caller, job: OwnedJob, base: BaseUrl) -> Re
     response_class=StreamingResponse,
     responses={
         200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": EVENT_SCHEMA}},
             "description": "`event: status` with a JobStatus as data on every change; "
             "`event: deleted` when the job is gone. Ends once the job has finished.",
         },
