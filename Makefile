@@ -28,7 +28,7 @@ test: deps-test venv k8s-tools
 ## fuzz: schemathesis far beyond the suite's short, deterministic run: FUZZ_EXAMPLES generated requests
 ## per operation (besides schemathesis' explicit and coverage cases), every operation, by-id routes on
 ## real jobs, a random seed (printed; FUZZ_SEED=N replays a run). Prints requests, operations, time.
-FUZZ_EXAMPLES ?= 1000
+FUZZ_EXAMPLES ?= 2000
 fuzz: deps-test venv k8s-tools
 	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; log=$$(mktemp); start=$$(date +%s); \
 	echo "make fuzz: $(FUZZ_EXAMPLES) generated examples per operation, seed $$seed"; \
