@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SHARPML_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: demo test lint venv clean deps-core deps-test k8s-tools helm cluster-up cluster-down
+.PHONY: demo test fuzz lint venv clean deps-core deps-test k8s-tools helm cluster-up cluster-down
 
 ## venv: the project's virtual environment with every extra installed (re-run when pyproject changes)
 $(BIN)/sharpml: pyproject.toml
@@ -24,6 +24,19 @@ demo: deps-core venv
 test: deps-test venv k8s-tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+## fuzz: schemathesis far beyond the suite's short, deterministic run: FUZZ_EXAMPLES generated requests
+## per operation (besides schemathesis' explicit and coverage cases), every operation, by-id routes on
+## real jobs, a random seed (printed; FUZZ_SEED=N replays a run). Prints requests, operations, time.
+FUZZ_EXAMPLES ?= 2000
+fuzz: deps-test venv k8s-tools
+	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; log=$$(mktemp); start=$$(date +%s); \
+	echo "make fuzz: $(FUZZ_EXAMPLES) generated examples per operation, seed $$seed"; \
+	SHARPML_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) SHARPML_FUZZ_SEED=$$seed SHARPML_FUZZ_LOG=$$log \
+	  $(BIN)/pytest tests/api/test_openapi_fuzz.py -p no:cacheprovider -q; rc=$$?; \
+	echo "make fuzz: $$(wc -l < $$log) requests over $$(cut -f1 $$log | sort -u | wc -l) operations" \
+	  "in $$(( $$(date +%s) - start )) s, seed $$seed, exit $$rc; requests by operation and status:"; \
+	cut -f1,2 $$log | sort | uniq -c; rm -f $$log; exit $$rc
 
 ## deps-core / deps-test: Debian packages pip cannot bring, installed only where missing (hack/system-deps.sh)
 deps-core:

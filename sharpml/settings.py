@@ -64,10 +64,11 @@ class Setting:
             if self.maximum is not None and value > self.maximum:
                 raise ConfigError(f"{name}: must be at most {_num(self.maximum)}")
             return value
-        if self.kind == "choice":
-            if raw not in self.choices:
+        if self.kind == "choice":  # any case: INFO and info are one log level
+            match = next((c for c in self.choices if c.lower() == raw.lower()), None)
+            if match is None:
                 raise ConfigError(f"{name}: must be one of {', '.join(self.choices)}")
-            return raw
+            return match
         if self.kind == "quantity":
             if not _QUANTITY.match(raw):
                 raise ConfigError(f"{name}: must be a Kubernetes quantity such as 500m, 2, 512Mi or 8Gi")

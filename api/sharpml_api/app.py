@@ -1,4 +1,4 @@
-"""The FastAPI application: routes, error shape, CORS, metrics, and the rate-limit sweeper."""
+"""The FastAPI application assembled: state, routes, error handlers, CORS, metrics, the rate-limit sweeper."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from sharpml.layout import DataDir
-from sharpml_api import API_VERSION, health, jobs, problems
+from sharpml_api import API_VERSION, errors, problems
 from sharpml_api.auth import JOB_TOKEN_HEADER
 from sharpml_api.cluster import Cluster, api_client
 from sharpml_api.metrics import Metrics, MetricsMiddleware
 from sharpml_api.ratelimit import LeaseRateLimiter
+from sharpml_api.routes import health, jobs
 from sharpml_api.settings import Settings
 from sharpml_api.state import AppState
 
@@ -71,9 +72,8 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings
     app.state.sharpml = state
-    problems.install(app)
+    errors.install(app)
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.add_middleware(

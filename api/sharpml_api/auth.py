@@ -6,7 +6,8 @@ never be used as an HMAC secret (the classic algorithm-confusion attack). The ac
 valid ``spec.owner`` of a SharpJob and may not be the reserved anonymous identity.
 
 Anonymous jobs all have the anonymous owner, so they are reached with the per-job access token the
-upload returned (``X-Job-Token``), never by owner alone.
+upload returned (``X-Job-Token``), never by owner alone. The request side (headers to
+:class:`Principal`) is the :func:`sharpml_api.deps.caller` dependency.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import secrets
 from dataclasses import dataclass
 
 import jwt
-from fastapi import Request
 
 from sharpml_api.problems import ApiProblem
 from sharpml_api.settings import SYMMETRIC_ALGORITHMS, Settings
@@ -80,20 +80,6 @@ def verify_token(token: str, settings: Settings) -> str:
     if account == settings.anonymous_account:
         raise unauthorized(f"account id {account!r} is reserved")
     return account
-
-
-async def principal(request: Request) -> Principal:
-    """FastAPI dependency: the caller, or 401 for a bad token. No token means anonymous."""
-    settings: Settings = request.app.state.settings
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise unauthorized("Authorization must be 'Bearer <token>'")
-        return Principal(verify_token(token.strip(), settings), anonymous=False)
-    return Principal(
-        settings.anonymous_account, anonymous=True, job_token=request.headers.get(JOB_TOKEN_HEADER)
-    )
 
 
 def new_job_token() -> tuple[str, str]:

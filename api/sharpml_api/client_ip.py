@@ -10,8 +10,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from starlette.requests import Request
-
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -45,9 +43,3 @@ def client_ip(peer: str, forwarded_for: Sequence[str], proxies: Sequence[Network
             return str(addr)
         peer_addr = addr
     return str(peer_addr)
-
-
-def request_ip(request: Request) -> str:
-    settings = request.app.state.settings
-    peer = request.client.host if request.client else "unknown"
-    return client_ip(peer, request.headers.getlist("x-forwarded-for"), settings.trusted_proxies)

@@ -1,36 +1,37 @@
 """The API's Kubernetes access: SharpJobs (created, read, listed, deleted, watched) and rate-limit Leases.
 
-The official client is synchronous; callers run it in worker threads (``anyio.to_thread``) so the
+The resource's identity, labels and annotations are the contract's (:mod:`sharpml.contract`). The
+official client is synchronous; callers run it in worker threads (``anyio.to_thread``) so the
 event loop keeps streaming uploads while the apiserver answers.
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import kubernetes
+import kubernetes.watch
 from kubernetes.client.exceptions import ApiException
 
+from sharpml.contract import (
+    API_VERSION,
+    CREATED_BY_LABEL,
+    GROUP,
+    KIND,
+    OWNER_LABEL,
+    PLURAL,
+    TOKEN_ANNOTATION,
+    VERSION,
+    owner_label,
+)
 from sharpml_api.settings import Settings
 
 if TYPE_CHECKING:
     from sharpml_api.models import JobOptions
 
-GROUP = "sharpml.com"
-VERSION = "v1alpha1"
-PLURAL = "sharpjobs"
-KIND = "SharpJob"
-#: Label selecting one owner's jobs. A digest, because account ids may be longer than a label value
-#: (63) and need not be valid label values; ``spec.owner`` is still compared on every read.
-OWNER_LABEL = "sharpml.com/owner-sha224"
-#: SHA-256 of an anonymous job's access token (the token itself is only ever in the client's hands).
-TOKEN_ANNOTATION = "sharpml.com/job-token-sha256"
-CREATED_BY_LABEL = "app.kubernetes.io/created-by"
-
-
-def owner_label(owner: str) -> str:
-    return hashlib.sha224(owner.encode()).hexdigest()
+#: ``app.kubernetes.io/created-by`` of the SharpJobs this API creates.
+CREATED_BY = "sharpml-api"
 
 
 def api_client(settings: Settings) -> kubernetes.client.ApiClient:
@@ -102,6 +103,22 @@ class Cluster:
             raise
         return True
 
+    def watch_job(
+        self, w: kubernetes.watch.Watch, name: str, resource_version: str, seconds: int
+    ) -> Iterator[dict[str, Any]]:
+        """Events of one SharpJob after ``resource_version``; the server ends the watch after ``seconds``."""
+        return w.stream(
+            self.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            field_selector=f"metadata.name={name}",
+            resource_version=resource_version,
+            timeout_seconds=seconds,
+            _request_timeout=seconds + 10,
+        )
+
     def ready(self) -> None:
         """Raise unless SharpJobs in our namespace can be listed (apiserver up, CRD installed, RBAC)."""
         self.custom.list_namespaced_custom_object(
@@ -115,12 +132,12 @@ def sharpjob_manifest(
     """The SharpJob for an accepted upload: named by the job id, labelled with its owner's digest."""
     meta: dict[str, Any] = {
         "name": job_id,
-        "labels": {OWNER_LABEL: owner_label(owner), CREATED_BY_LABEL: "sharpml-api"},
+        "labels": {OWNER_LABEL: owner_label(owner), CREATED_BY_LABEL: CREATED_BY},
     }
     if digest:
         meta["annotations"] = {TOKEN_ANNOTATION: digest}
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": meta,
         "spec": {

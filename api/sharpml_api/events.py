@@ -20,8 +20,8 @@ from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel
 
-from sharpml_api.cluster import GROUP, PLURAL, VERSION, Cluster
-from sharpml_api.models import TERMINAL_PHASES
+from sharpml.contract import JobStatus
+from sharpml_api.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,9 @@ def sse(event: str, data: str, event_id: str | None = None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _phase(obj: dict[str, Any]) -> str:
-    return (obj.get("status") or {}).get("phase") or "Pending"
+def _finished(obj: dict[str, Any]) -> bool:
+    """The contract's terminal phases (Complete, Failed, Cancelled) end a stream."""
+    return JobStatus.of(obj).finished
 
 
 def _pump(
@@ -50,17 +51,7 @@ def _pump(
     while not stop.is_set():
         w = watch.Watch()
         try:
-            for ev in w.stream(
-                cluster.custom.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                cluster.namespace,
-                PLURAL,
-                field_selector=f"metadata.name={name}",
-                resource_version=rv,
-                timeout_seconds=period,
-                _request_timeout=period + 10,
-            ):
+            for ev in cluster.watch_job(w, name, rv, period):
                 kind, obj = ev["type"], ev["object"]
                 if kind == "ERROR":
                     raise ApiException(status=(obj or {}).get("code", 500), reason=(obj or {}).get("message"))
@@ -96,7 +87,7 @@ async def status_stream(
     """``status`` now, then on every change; ``deleted`` when gone. Ends once the job has finished."""
     name = obj["metadata"]["name"]
     yield "retry: 3000\n\n" + sse("status", view(obj).model_dump_json(), obj["metadata"]["resourceVersion"])
-    if _phase(obj) in TERMINAL_PHASES:
+    if _finished(obj):
         return
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
@@ -131,7 +122,7 @@ async def status_stream(
             if data != last:  # metadata-only updates (e.g. kopf annotations) are not news to a client
                 last = data
                 yield sse("status", data, current["metadata"]["resourceVersion"])
-            if _phase(current) in TERMINAL_PHASES:
+            if _finished(current):
                 return
     finally:
         stop.set()

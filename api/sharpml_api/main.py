@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import uvicorn
@@ -14,12 +13,11 @@ from sharpml_api.settings import Settings
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=os.environ.get("SHARPML_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         settings = Settings.from_env()
+        logging.basicConfig(
+            level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         app = create_app(settings)
     except ConfigError as exc:
         print(f"sharpml-api: configuration error: {exc}", file=sys.stderr)
@@ -31,7 +29,7 @@ def main() -> int:
         proxy_headers=False,  # X-Forwarded-For is interpreted by sharpml_api.client_ip, trusted proxies only
         server_header=False,
         timeout_keep_alive=30,
-        log_level=os.environ.get("SHARPML_LOG_LEVEL", "info").lower(),
+        log_level=settings.log_level,
     )
     return 0
 

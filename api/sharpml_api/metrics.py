@@ -7,9 +7,37 @@ its own ``/metrics``.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sharpml_api.problems import ApiProblem
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: The ``outcome`` label of an upload that ended with a problem: by its kind, else by its status.
+_OUTCOME_BY_KIND = {"client-disconnected": "disconnected"}
+_OUTCOME_BY_STATUS = {
+    400: "malformed",
+    401: "unauthorized",
+    408: "timeout",
+    413: "too_large",
+    415: "malformed",
+    422: "rejected",
+    429: "rate_limited",
+}
+UPLOAD_OUTCOMES = ("created", "error", *sorted({*_OUTCOME_BY_KIND.values(), *_OUTCOME_BY_STATUS.values()}))
+
+
+def upload_outcome(error: BaseException | None) -> str:
+    """How an upload ended, as the ``sharpml_api_uploads`` label: ``created`` without an error, the
+    problem's kind or status, ``error`` for anything else (a failure of ours)."""
+    if error is None:
+        return "created"
+    if isinstance(error, ApiProblem):
+        return _OUTCOME_BY_KIND.get(error.kind) or _OUTCOME_BY_STATUS.get(error.status, "error")
+    return "error"
 
 
 class Metrics:
@@ -31,7 +59,7 @@ class Metrics:
         )
         self.uploads = Counter(
             "sharpml_api_uploads",
-            "Upload outcomes (created, rejected, too_large, malformed, rate_limited, unauthorized, error)",
+            f"Upload outcomes ({', '.join(UPLOAD_OUTCOMES)})",
             ["outcome"],
             registry=r,
         )

@@ -1,7 +1,7 @@
 """Request options and response bodies, and how they map to and from the SharpJob resource.
 
 The processing options mirror the CRD's ``spec.processing``/``notify``/``ttlSecondsAfterFinished``
-bounds (tests/api/test_models.py holds them equal to crds/sharpjobs.sharpml.com.yaml), so a bad
+bounds (tests/api/test_config.py holds them equal to crds/sharpjobs.sharpml.com.yaml), so a bad
 option is refused in milliseconds, before intake spends CPU on the photos; the apiserver's own
 validation of the CRD remains the final word.
 """
@@ -14,9 +14,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from sharpml import contract
+from sharpml.contract import TERMINAL, Phase
 from sharpml_api.problems import ApiProblem, ProblemItem, field_problem
 
-TERMINAL_PHASES = frozenset({"Complete", "Failed", "Cancelled"})
+_TERMINAL_NAMES = [p.value for p in Phase if p in TERMINAL]
+_TERMINAL_TEXT = f"{', '.join(_TERMINAL_NAMES[:-1])} or {_TERMINAL_NAMES[-1]}"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -117,6 +120,10 @@ class Links(BaseModel):
     status: str = Field(description="URL of this job's status.")
     events: str = Field(description="URL of this job's server-sent events.")
 
+    @classmethod
+    def of(cls, base_url: str, job_id: str) -> Links:
+        return cls(status=f"{base_url}/v1/jobs/{job_id}", events=f"{base_url}/v1/jobs/{job_id}/events")
+
 
 class Progress(BaseModel):
     percent: int = Field(0, description="Overall progress, 0-100.")
@@ -147,8 +154,8 @@ class JobStatus(BaseModel):
     """A job as its owner sees it."""
 
     id: str
-    phase: str = Field(description="Pending, Queued, Reconstructing, ..., Complete, Failed, Cancelled.")
-    finished: bool = Field(description="True once the phase is Complete, Failed or Cancelled.")
+    phase: Phase
+    finished: bool = Field(description=f"True once the phase is {_TERMINAL_TEXT}.")
     message: str | None = None
     progress: Progress
     queue_position: int | None = None
@@ -163,27 +170,26 @@ class JobStatus(BaseModel):
 
     @classmethod
     def from_resource(cls, obj: dict[str, Any], links: Links) -> JobStatus:
-        meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status") or {}
-        phase = status.get("phase") or "Pending"
-        proc = spec.get("processing") or {}
-        sfm = status.get("sfm")
-        outputs = status.get("outputs")
+        meta = obj.get("metadata", {})
+        status = contract.JobStatus.of(obj)
+        spec = contract.JobSpec.read(obj.get("spec") or {})
+        sfm, outputs = status.sfm, status.outputs
         return cls(
             id=meta["name"],
-            phase=phase,
-            finished=phase in TERMINAL_PHASES,
-            message=status.get("message"),
-            progress=Progress(**(status.get("progress") or {})),
-            queue_position=status.get("queuePosition"),
-            image_count=(spec.get("source", {}).get("upload") or {}).get("imageCount"),
+            phase=status.phase,
+            finished=status.finished,
+            message=status.message or None,
+            progress=Progress(**status.progress),
+            queue_position=status.queue_position,
+            image_count=spec.image_count,
             created=meta.get("creationTimestamp"),
-            timestamps=status.get("timestamps") or {},
+            timestamps=status.timestamps,
             processing=Processing(
-                matcher=proc.get("matcher"),
-                mapper=proc.get("mapper"),
-                max_image_size=proc.get("maxImageSize"),
-                training_iterations=proc.get("trainingIterations"),
-                trainer=proc.get("trainer"),
+                matcher=spec.matcher,
+                mapper=spec.mapper,
+                max_image_size=spec.max_image_size,
+                training_iterations=spec.training_iterations,
+                trainer=spec.trainer,
             ),
             sfm=SfmSummary(
                 registered_images=sfm.get("registeredImages"),
@@ -203,7 +209,7 @@ class JobStatus(BaseModel):
 
 class JobCreated(BaseModel):
     id: str = Field(description="The job id (a UUID).")
-    phase: str = "Pending"
+    phase: Phase = Phase.PENDING
     image_count: int
     links: Links
     job_token: str | None = Field(
@@ -249,4 +255,39 @@ UPLOAD_REQUEST_BODY = {
             }
         }
     },
+}
+
+
+def _event(name: str, data: dict, description: str) -> dict:
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+            "id": {"type": "string", "description": "The SharpJob's resourceVersion."},
+            "retry": {"type": "integer"},
+        },
+    }
+
+
+#: One event of a job's event stream in the OpenAPI document (the schema of an event-stream describes
+#: each event, as OpenAPI 3.2's ``itemSchema`` does): its type, and its data as JSON.
+EVENT_SCHEMA = {
+    "oneOf": [
+        _event(
+            "status", {"$ref": "#/components/schemas/JobStatus"}, "The job's status, now and on every change."
+        ),
+        _event(
+            "deleted",
+            {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
+            "The job is gone; the stream ends.",
+        ),
+        _event(
+            "error",
+            {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
+            "Following the job failed; the stream ends and the client reconnects.",
+        ),
+    ]
 }

@@ -3,25 +3,21 @@
 ``{"type", "title", "status", "detail", "errors": [{"file"|"field", "rule", "message"}]}`` with
 ``Content-Type: application/problem+json``. ``type`` is a stable URI per kind of problem, so clients
 branch on it rather than on English text.
+
+This module is the vocabulary (no web framework in it: the services raise :class:`ApiProblem`);
+:mod:`sharpml_api.errors` turns every exception into the response.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from sharpml.intake import Problem
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://sharpml.com/problems/"
-log = logging.getLogger(__name__)
 
 
 class ProblemItem(BaseModel):
@@ -85,89 +81,14 @@ def file_problem(status: int, kind: str, title: str, file: str | None, rule: str
     return ApiProblem(status, kind, title, message, [ProblemItem(file=file, rule=rule, message=message)])
 
 
+def not_found(job_id: str) -> ApiProblem:
+    """No such job for this caller (also for other owners' jobs: their existence is not revealed)."""
+    return ApiProblem(404, "not-found", "Not found", f"no job {job_id!r} for this caller")
+
+
 def cluster_unavailable(detail: str) -> ApiProblem:
     """The apiserver (job store and rate-limit store) could not be used: the client may retry."""
     return ApiProblem(503, "cluster-unavailable", "Cluster unavailable", detail)
-
-
-def problem_response(problem: ApiProblem, instance: str | None = None) -> JSONResponse:
-    body = ProblemDetails(
-        type=TYPE_BASE + problem.kind,
-        title=problem.title,
-        status=problem.status,
-        detail=problem.detail,
-        instance=instance,
-        errors=problem.errors,
-    )
-    return JSONResponse(
-        body.model_dump(exclude_none=True),
-        status_code=problem.status,
-        media_type=PROBLEM_MEDIA_TYPE,
-        headers=problem.headers,
-    )
-
-
-_HTTP_KINDS = {
-    400: ("bad-request", "Bad request"),
-    401: ("unauthorized", "Authentication required"),
-    404: ("not-found", "Not found"),
-    405: ("method-not-allowed", "Method not allowed"),
-    406: ("not-acceptable", "Not acceptable"),
-    408: ("upload-timeout", "Request timeout"),
-    413: ("too-large", "Request too large"),
-    415: ("unsupported-media-type", "Unsupported media type"),
-}
-
-
-def install(app: FastAPI) -> None:
-    """Route every error the app or the framework raises through the problem shape."""
-
-    @app.exception_handler(ApiProblem)
-    async def _api_problem(request: Request, exc: ApiProblem) -> JSONResponse:
-        return problem_response(exc, request.url.path)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind, title = _HTTP_KINDS.get(exc.status_code, ("http-error", "HTTP error"))
-        detail = exc.detail if isinstance(exc.detail, str) else title
-        headers = dict(exc.headers or {})
-        if exc.status_code == 405:
-            # FastAPI routes each method separately, so Starlette's Allow names only one of them.
-            headers["Allow"] = ", ".join(_allowed_methods(app, request))
-        return problem_response(
-            ApiProblem(exc.status_code, kind, title, detail, headers=headers), request.url.path
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        items = []
-        for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-            items.append(
-                ProblemItem(field=".".join(loc) or None, rule=str(err.get("type")), message=err["msg"])
-            )
-        detail = "; ".join(f"{i.field}: {i.message}" if i.field else i.message for i in items)
-        return problem_response(
-            ApiProblem(422, "invalid-request", "Invalid request", detail or "invalid request", items),
-            request.url.path,
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(
-            ApiProblem(500, "internal", "Internal error", "an unexpected error occurred; it has been logged"),
-            request.url.path,
-        )
-
-
-def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE and getattr(route, "methods", None):
-            methods |= route.methods
-    return sorted(methods)
 
 
 def responses(*statuses: int) -> dict[int | str, dict]:
@@ -223,8 +144,8 @@ def document(schema: dict) -> dict:
                             "schema": {"type": "string"},
                         }
                     }
-                    if status == "422" and resp.get("description") == "Validation Error":
-                        resp["description"] = "Invalid parameters; every offending field is named"
+                if status == "422" and resp.get("description") == "Validation Error":
+                    resp["description"] = "Invalid parameters; every offending field is named"
             op["security"] = [{"bearerAuth": []}, {"jobToken": []}, {}]
     components = schema.setdefault("components", {})
     for name in ("HTTPValidationError", "ValidationError"):

@@ -1,5 +1,12 @@
 """The API's settings, every one from a ``SHARPML_*`` environment variable (the Helm chart sets them).
 
+Each variable is declared once, with its type, default and bounds, in the registry
+(:mod:`sharpml.settings`). A field here names its variable with :func:`setting`; its default is the
+registry's (what an empty environment gives), and :meth:`Settings.from_env` reads every such field
+through the registry, so neither a name's default nor its parsing is written twice. What is derived
+from several variables (the token algorithms, the public key file, the namespace and kubeconfig
+fallbacks) and the rules that span settings (:meth:`Settings.check`) stay here.
+
 Intake limits and the data directory come from :mod:`sharpml.config`, so the API enforces exactly
 the limits the CLI and the operator assume.
 """
@@ -8,133 +15,146 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from sharpml.config import ConfigError, IntakeLimits, default_data_dir, env_int
+from sharpml.config import ConfigError, IntakeLimits, default_data_dir
+from sharpml.settings import value
 
 #: Algorithms a token may be signed with. ``none`` is never accepted, whatever is configured.
 SYMMETRIC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"})
+FALLBACK_NAMESPACE = "sharpml"
 _SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
-
-def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
-    value = env.get(name)
-    return default if value is None or value.strip() == "" else value.strip()
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _list(env: Mapping[str, str], name: str, default: str = "") -> tuple[str, ...]:
-    return tuple(item.strip() for item in _get(env, name, default).split(",") if item.strip())
+def setting(env_name: str, convert: Callable[[Any], Any] | None = None) -> Any:
+    """A dataclass field read from the registry's ``env_name``: its default is the registry's default
+    (passed through ``convert`` as a read value is), :func:`read_fields` reads it from an environment."""
+    conv = convert or (lambda v: v)
+    return field(
+        default_factory=lambda: conv(value({}, env_name)), metadata={"env": env_name, "convert": conv}
+    )
 
 
-def _default_namespace() -> str:
-    """In a pod, the service account's namespace; elsewhere ``sharpml``."""
+def read_fields(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
+    """Every :func:`setting` field of dataclass ``cls``, read from ``env`` through the registry."""
+    return {
+        f.name: f.metadata["convert"](value(env, f.metadata["env"]))
+        for f in fields(cls)
+        if "env" in f.metadata
+    }
+
+
+def _namespace(configured: str) -> str:
+    """``SHARPML_NAMESPACE``; unset: in a pod, the service account's namespace; elsewhere ``sharpml``."""
+    if configured:
+        return configured
     try:
-        return _SA_NAMESPACE_FILE.read_text().strip() or "sharpml"
+        return _SA_NAMESPACE_FILE.read_text().strip() or FALLBACK_NAMESPACE
     except OSError:
-        return "sharpml"
+        return FALLBACK_NAMESPACE
+
+
+def _networks(items: tuple[str, ...]) -> tuple[Network, ...]:
+    out = []
+    for item in items:
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"SHARPML_TRUSTED_PROXIES: {item!r} is not an IP address or CIDR") from None
+    return tuple(out)
+
+
+def _upper(items: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(a.upper() for a in items)
+
+
+def _key(text: str) -> str:
+    """Key material without surrounding whitespace (a trailing newline from a mounted file is not key)."""
+    return text.strip()
 
 
 @dataclass(frozen=True)
 class JwtSettings:
     """How bearer tokens are verified. No key configured means only anonymous access."""
 
-    algorithms: tuple[str, ...] = ()
-    secret: str = ""
-    public_key: str = ""
-    issuer: str = ""
-    audience: str = "sharpml-api"
-    leeway_seconds: int = 30
-    account_claim: str = "sub"
+    algorithms: tuple[str, ...] = setting("SHARPML_JWT_ALGORITHMS", _upper)
+    secret: str = setting("SHARPML_JWT_SECRET", _key)
+    public_key: str = setting("SHARPML_JWT_PUBLIC_KEY", _key)
+    issuer: str = setting("SHARPML_JWT_ISSUER")
+    audience: str = setting("SHARPML_JWT_AUDIENCE")
+    leeway_seconds: int = setting("SHARPML_JWT_LEEWAY_SECONDS")
+    account_claim: str = setting("SHARPML_JWT_ACCOUNT_CLAIM")
 
     @property
     def enabled(self) -> bool:
         return bool(self.algorithms)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> JwtSettings:
+        read = read_fields(cls, env)
+        key_file = value(env, "SHARPML_JWT_PUBLIC_KEY_FILE")
+        if key_file:
+            try:
+                read["public_key"] = _key(Path(key_file).read_text())
+            except OSError as exc:
+                raise ConfigError(f"SHARPML_JWT_PUBLIC_KEY_FILE={key_file!r}: {exc.strerror}") from None
+        if not read["algorithms"]:
+            read["algorithms"] = (("HS256",) if read["secret"] else ()) + (
+                ("RS256",) if read["public_key"] else ()
+            )
+        return cls(**read)
 
 
 @dataclass(frozen=True)
 class RateLimits:
     """Uploads admitted per window. 0 switches a limit off (anonymous: 0 refuses anonymous uploads)."""
 
-    per_ip_per_hour: int = 10
-    per_account_per_day: int = 50
-    anonymous_per_ip_per_day: int = 3
+    per_ip_per_hour: int = setting("SHARPML_RATE_LIMIT_IP_PER_HOUR")
+    per_account_per_day: int = setting("SHARPML_RATE_LIMIT_ACCOUNT_PER_DAY")
+    anonymous_per_ip_per_day: int = setting("SHARPML_ANONYMOUS_UPLOADS_PER_DAY")
 
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = setting("SHARPML_API_HOST")
+    port: int = setting("SHARPML_API_PORT")
     data_dir: Path = field(default_factory=default_data_dir)
     limits: IntakeLimits = field(default_factory=IntakeLimits)
-    namespace: str = "sharpml"
-    kubeconfig: str = ""
+    namespace: str = setting("SHARPML_NAMESPACE", _namespace)
+    #: ``SHARPML_KUBECONFIG``, else ``KUBECONFIG``; empty: the pod's service account.
+    kubeconfig: str = setting("SHARPML_KUBECONFIG")
     jwt: JwtSettings = field(default_factory=JwtSettings)
     rate_limits: RateLimits = field(default_factory=RateLimits)
-    anonymous_account: str = "anonymous"
-    cors_origins: tuple[str, ...] = ("https://sharpml.com",)
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    anonymous_account: str = setting("SHARPML_ANONYMOUS_ACCOUNT")
+    cors_origins: tuple[str, ...] = setting("SHARPML_CORS_ORIGINS")
+    trusted_proxies: tuple[Network, ...] = setting("SHARPML_TRUSTED_PROXIES", _networks)
     #: Uploads whose intake (decode + re-encode) runs at once; bounds CPU and memory per replica.
-    intake_concurrency: int = 2
-    intake_workers: int = 2
+    intake_concurrency: int = setting("SHARPML_INTAKE_CONCURRENCY")
+    intake_workers: int = setting("SHARPML_INTAKE_WORKERS")
     #: Seconds between SSE keep-alive comments (proxies drop idle connections).
-    sse_keepalive_seconds: int = 15
+    sse_keepalive_seconds: int = setting("SHARPML_SSE_KEEPALIVE_SECONDS")
     #: Longest an upload's body may take to arrive: a trickling client must not hold a slot forever.
-    upload_timeout_seconds: int = 900
-    public_url: str = ""
+    upload_timeout_seconds: int = setting("SHARPML_UPLOAD_TIMEOUT_SECONDS")
+    public_url: str = setting("SHARPML_PUBLIC_URL", lambda url: url.rstrip("/"))
+    log_level: str = setting("SHARPML_LOG_LEVEL")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        algorithms = tuple(a.upper() for a in _list(env, "SHARPML_JWT_ALGORITHMS"))
-        secret = _get(env, "SHARPML_JWT_SECRET")
-        public_key = _get(env, "SHARPML_JWT_PUBLIC_KEY")
-        key_file = _get(env, "SHARPML_JWT_PUBLIC_KEY_FILE")
-        if key_file:
-            try:
-                public_key = Path(key_file).read_text()
-            except OSError as exc:
-                raise ConfigError(f"SHARPML_JWT_PUBLIC_KEY_FILE={key_file!r}: {exc.strerror}") from None
-        if not algorithms:
-            algorithms = (("HS256",) if secret else ()) + (("RS256",) if public_key else ())
-        jwt = JwtSettings(
-            algorithms=algorithms,
-            secret=secret,
-            public_key=public_key,
-            issuer=_get(env, "SHARPML_JWT_ISSUER"),
-            audience=_get(env, "SHARPML_JWT_AUDIENCE", "sharpml-api"),
-            leeway_seconds=env_int(env, "SHARPML_JWT_LEEWAY_SECONDS", 30),
-            account_claim=_get(env, "SHARPML_JWT_ACCOUNT_CLAIM", "sub"),
-        )
-        proxies = []
-        for item in _list(env, "SHARPML_TRUSTED_PROXIES"):
-            try:
-                proxies.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                raise ConfigError(f"SHARPML_TRUSTED_PROXIES: {item!r} is not an IP address or CIDR") from None
+        read = read_fields(cls, env)
+        read["kubeconfig"] = read["kubeconfig"] or (env.get("KUBECONFIG") or "").strip()
         settings = cls(
-            host=_get(env, "SHARPML_API_HOST", "127.0.0.1"),
-            port=env_int(env, "SHARPML_API_PORT", 8080, 0),
+            **read,
             data_dir=default_data_dir(env),
             limits=IntakeLimits.from_env(env),
-            namespace=_get(env, "SHARPML_NAMESPACE") or _default_namespace(),
-            kubeconfig=_get(env, "SHARPML_KUBECONFIG") or _get(env, "KUBECONFIG"),
-            jwt=jwt,
-            rate_limits=RateLimits(
-                per_ip_per_hour=env_int(env, "SHARPML_RATE_LIMIT_IP_PER_HOUR", 10),
-                per_account_per_day=env_int(env, "SHARPML_RATE_LIMIT_ACCOUNT_PER_DAY", 50),
-                anonymous_per_ip_per_day=env_int(env, "SHARPML_ANONYMOUS_UPLOADS_PER_DAY", 3),
-            ),
-            anonymous_account=_get(env, "SHARPML_ANONYMOUS_ACCOUNT", "anonymous"),
-            cors_origins=_list(env, "SHARPML_CORS_ORIGINS", "https://sharpml.com"),
-            trusted_proxies=tuple(proxies),
-            intake_concurrency=env_int(env, "SHARPML_INTAKE_CONCURRENCY", 2, 1),
-            intake_workers=env_int(env, "SHARPML_INTAKE_WORKERS", 2, 1),
-            sse_keepalive_seconds=env_int(env, "SHARPML_SSE_KEEPALIVE_SECONDS", 15, 1),
-            upload_timeout_seconds=env_int(env, "SHARPML_UPLOAD_TIMEOUT_SECONDS", 900, 1),
-            public_url=_get(env, "SHARPML_PUBLIC_URL").rstrip("/"),
+            jwt=JwtSettings.from_env(env),
+            rate_limits=RateLimits(**read_fields(RateLimits, env)),
         )
         settings.check()
         return settings

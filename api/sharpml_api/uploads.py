@@ -6,6 +6,9 @@ the data volume (``uploads/{uuid}/0001.part``, a server-chosen name: the client'
 in memory for messages and never touches a path), and a part over the per-file limit or a body over
 the per-set limit stops the transfer with 413 at once. Memory stays at one chunk per upload.
 
+Part headers are read as bytes and parsed by :mod:`sharpml_api.headers`, which cannot fail: whatever
+a client writes there (UTF-8, bytes that are not UTF-8, broken quoting) is a 4xx or an accepted name.
+
 The spool directory is removed in every case once intake has run (see :func:`spool`).
 """
 
@@ -21,19 +24,55 @@ from pathlib import Path
 
 import anyio
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser
 
 from sharpml.config import MB, IntakeLimits
 from sharpml.intake import Upload, display_name
 from sharpml.layout import DataDir, create_file, make_dir, open_dir
+from sharpml_api.headers import client_field_name, client_file_name, parse_header
 from sharpml_api.problems import ApiProblem, field_problem, file_problem
 
 FILES_FIELD = "files"
 #: Option fields are short strings; anything longer is not an option.
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 32
-#: Multipart framing (boundaries, part headers) on top of the photo bytes, per part.
+#: Multipart framing (boundaries, part headers) on top of the photo bytes, per part; also the most
+#: header bytes one part may have.
 PART_OVERHEAD = 16 * 1024
+MAX_BOUNDARY = 200
+
+
+def body_ceiling(limits: IntakeLimits) -> int:
+    """The largest request body an upload within ``limits`` can need: photos, fields and framing."""
+    return (
+        limits.max_set_bytes + (limits.max_images + MAX_FIELDS) * PART_OVERHEAD + MAX_FIELDS * MAX_FIELD_BYTES
+    )
+
+
+def check_declared_length(length: str | None, limits: IntakeLimits) -> None:
+    """413 before reading a body whose declared ``Content-Length`` is over :func:`body_ceiling`.
+
+    Only plain ASCII digits are a length (``"²".isdigit()`` is true); more than 18 of them is over
+    any ceiling (and over Python's int-from-text limit). Anything else is left to the HTTP server."""
+    if not length or not (length.isascii() and length.isdigit()):
+        return
+    size = int(length) if len(length) <= 18 else 10**18
+    if size > body_ceiling(limits):
+        raise body_too_large(size, limits)
+
+
+def body_too_large(size: int, limits: IntakeLimits) -> ApiProblem:
+    return ApiProblem(
+        413,
+        "too-large",
+        "Upload too large",
+        f"the request is {size / MB:.1f} MB; "
+        f"uploads are limited to {limits.max_set_bytes / MB:.0f} MB of photos",
+    )
+
+
+class ClientGone(Exception):
+    """The client went away before its body had arrived (the web layer raises it from the stream)."""
 
 
 def _too_large(kind_rule: str, file: str | None, message: str) -> ApiProblem:
@@ -55,25 +94,20 @@ class ParsedUpload:
 
 def boundary_of(content_type: str | None) -> bytes:
     """The multipart boundary, or 415/400: the body is only ever read as multipart/form-data."""
-    media, params = parse_options_header(content_type or "")
-    if media != b"multipart/form-data":
-        shown = media.decode("latin-1") or "none"
+    header = parse_header(content_type)
+    if header.value != "multipart/form-data":
+        shown = header.value[:100] or "none"
         raise ApiProblem(
             415,
             "unsupported-media-type",
             "Unsupported media type",
             f"Content-Type is {shown}; photos are uploaded as multipart/form-data",
         )
-    boundary = params.get(b"boundary")
-    if not boundary or len(boundary) > 200:
+    boundary = header.params.get("boundary", "")
+    # RFC 2046 boundaries are short and ASCII; anything else cannot be matched in the body.
+    if not boundary or len(boundary) > MAX_BOUNDARY or not (boundary.isascii() and boundary.isprintable()):
         raise _bad("boundary", "multipart/form-data Content-Type has no valid boundary parameter")
-    return boundary
-
-
-def client_file_name(raw: str) -> str:
-    """The last component of a client-supplied name: browsers send bare names; anything else is a path."""
-    name = raw.replace("\\", "/").rsplit("/", 1)[-1].replace("\0", "")
-    return "" if name in (".", "..") else name
+    return boundary.encode("ascii")
 
 
 class _Receiver:
@@ -85,7 +119,8 @@ class _Receiver:
         self.limits = limits
         self.result = ParsedUpload()
         self.ended = False
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, bytes] = {}
+        self._header_bytes = 0
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._out = None
@@ -98,28 +133,35 @@ class _Receiver:
     # header callbacks
     def on_part_begin(self) -> None:
         self._headers = {}
+        self._header_bytes = 0
         self._size = 0
         self._value = bytearray()
 
+    def _count_header(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > PART_OVERHEAD:
+            raise _bad("part-headers", f"a part's headers are longer than {PART_OVERHEAD} bytes")
+
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_field += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_value += data[start:end]
 
     def on_header_end(self) -> None:
-        self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode(
-            "utf-8", "replace"
-        )
+        # Raw bytes: only headers.parse_header reads them (it cannot fail on any byte).
+        self._headers[self._header_field.decode("latin-1").lower()] = bytes(self._header_value)
         self._header_field.clear()
         self._header_value.clear()
 
     def on_headers_finished(self) -> None:
-        disposition, params = parse_options_header(self._headers.get("content-disposition"))
-        if disposition != b"form-data" or b"name" not in params:
+        disposition = parse_header(self._headers.get("content-disposition"))
+        if disposition.value != "form-data" or "name" not in disposition.params:
             raise _bad("part-headers", "every part needs 'Content-Disposition: form-data; name=...'")
-        self._name = params[b"name"].decode("utf-8", "replace")
-        filename = params.get(b"filename")
+        self._name = client_field_name(disposition.params["name"])
+        filename = disposition.params.get("filename")
         if self._name != FILES_FIELD:
             if filename is not None:
                 raise _bad(
@@ -144,7 +186,7 @@ class _Receiver:
                 "count",
                 f"more than {n} photos uploaded; at most {n} are accepted",
             )
-        self._file = client_file_name(filename.decode("utf-8", "replace"))
+        self._file = client_file_name(filename)
         index = len(self.result.files) + 1
         part = f"{index:04d}.part"
         self._out = os.fdopen(create_file(self.spool_fd, part), "wb")
@@ -224,10 +266,10 @@ def spool(data_dir: DataDir) -> Iterator[Path]:
 
 
 async def receive(
-    chunks: AsyncIterator[bytes], content_type: str | None, spool_dir: Path, limits: IntakeLimits
+    chunks: AsyncIterator[bytes], boundary: bytes, spool_dir: Path, limits: IntakeLimits
 ) -> ParsedUpload:
-    """Parse the body into ``spool_dir``; raises :class:`ApiProblem` (400/413/415) as soon as it can."""
-    boundary = boundary_of(content_type)
+    """Parse the body into ``spool_dir``; raises :class:`ApiProblem` (400/413) as soon as it can."""
+    ceiling = body_ceiling(limits)
     with open_dir(spool_dir) as spool_fd:
         receiver = _Receiver(spool_fd, spool_dir, limits)
         parser = MultipartParser(boundary, receiver.callbacks())
@@ -236,6 +278,8 @@ async def receive(
                 if not chunk:
                     continue
                 receiver.result.bytes_received += len(chunk)
+                if receiver.result.bytes_received > ceiling:  # e.g. an endless epilogue
+                    raise body_too_large(receiver.result.bytes_received, limits)
                 if receiver.ended:
                     continue  # epilogue after the closing boundary is ignored, as RFC 2046 says
                 # Parsing and the file writes happen off the event loop, one chunk at a time.

@@ -119,3 +119,29 @@ def test_options_mirror_the_crd():
         "notify": {"email": "a@b.co"},
         "ttlSecondsAfterFinished": 0,
     }
+
+
+def test_defaults_are_the_registrys(tmp_path: Path, monkeypatch):
+    """A field's default and the value read from an empty environment are one and the same."""
+    from sharpml.settings import REGISTRY
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert Settings() == Settings.from_env({"XDG_DATA_HOME": str(tmp_path)})
+    assert Settings().jwt.audience == REGISTRY["SHARPML_JWT_AUDIENCE"].default
+    s = Settings.from_env({"SHARPML_JWT_SECRET": " " + "k" * 32 + "\n", "SHARPML_JWT_ISSUER": "i"})
+    assert s.jwt.secret == "k" * 32  # a trailing newline from a mounted file is not key material
+    assert Settings.from_env({"SHARPML_PUBLIC_URL": "https://x.example/"}).public_url == "https://x.example"
+    with pytest.raises(ConfigError, match="SHARPML_LOG_LEVEL='loud': must be one of debug, info"):
+        Settings.from_env({"SHARPML_LOG_LEVEL": "loud"})
+    assert Settings.from_env({"SHARPML_LOG_LEVEL": "INFO"}).log_level == "info"  # any case
+
+
+def test_services_do_not_import_the_web_framework():
+    """The submit flow and the job services run without FastAPI or Starlette (routes and deps are
+    the only web layer)."""
+    code = (
+        "import sys, sharpml_api.submit, sharpml_api.jobs, sharpml_api.events; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sharpml_api.cluster import OWNER_LABEL, owner_label
 
+from sharpml.contract import OWNER_LABEL, owner_label
 from tests.api.conftest import asgi_client, bearer, left_behind, multipart, patch_status, sharpjobs
 from tests.api.test_uploads import assert_problem
 from tests.core.photos import photo_set

@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from sharpml_api.cluster import OWNER_LABEL, owner_label
 
 from sharpml.config import MB
+from sharpml.contract import OWNER_LABEL, owner_label
 from tests.api.conftest import (
     TEST_LIMITS,
     asgi_client,

@@ -7,11 +7,12 @@ import os
 import uuid
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from sharpml.layout import create_file, open_dir
+from sharpml_api.deps import State
 from sharpml_api.problems import ApiProblem, ProblemItem, responses
 from sharpml_api.state import AppState
 
@@ -44,8 +45,7 @@ def _probe_data_dir(st: AppState) -> None:
     summary="Readiness: the cluster answers and the data directory is writable",
     responses=responses(503),
 )
-async def readyz(request: Request) -> Health:
-    st: AppState = request.app.state.sharpml
+async def readyz(st: State) -> Health:
     failed = []
     for check, fn in (("cluster", st.cluster.ready), ("data_dir", lambda: _probe_data_dir(st))):
         try:
@@ -66,6 +66,5 @@ async def readyz(request: Request) -> Health:
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics"}},
 )
-async def metrics(request: Request) -> Response:
-    st: AppState = request.app.state.sharpml
+async def metrics(st: State) -> Response:
     return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST)

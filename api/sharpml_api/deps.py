@@ -1,0 +1,92 @@
+"""The FastAPI dependencies routes share: the process state, the caller, their address, the base of
+the URLs in answers, the caller's job named in the path, and an upload as the submit service takes
+it. The next routes (downloads, viewer) declare the same ones: ``job: OwnedJob`` is a job the caller
+may see, or the request has already been answered 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
+
+from sharpml_api import jobs
+from sharpml_api.auth import JOB_TOKEN_HEADER, Principal, unauthorized, verify_token
+from sharpml_api.client_ip import client_ip
+from sharpml_api.state import AppState
+from sharpml_api.submit import UploadRequest
+from sharpml_api.uploads import ClientGone
+
+
+def app_state(request: Request) -> AppState:
+    return request.app.state.sharpml
+
+
+State = Annotated[AppState, Depends(app_state)]
+
+
+async def caller(request: Request, st: State) -> Principal:
+    """The caller, or 401 for a bad token. No token means anonymous (with the job token, if sent)."""
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("Authorization must be 'Bearer <token>'")
+        return Principal(verify_token(token.strip(), st.settings), anonymous=False)
+    return Principal(
+        st.settings.anonymous_account, anonymous=True, job_token=request.headers.get(JOB_TOKEN_HEADER)
+    )
+
+
+Caller = Annotated[Principal, Depends(caller)]
+
+
+def client_address(request: Request, st: State) -> str:
+    """The address rate limits count against (X-Forwarded-For only from trusted proxies)."""
+    peer = request.client.host if request.client else "unknown"
+    return client_ip(peer, request.headers.getlist("x-forwarded-for"), st.settings.trusted_proxies)
+
+
+ClientAddress = Annotated[str, Depends(client_address)]
+
+
+def base_url(request: Request, st: State) -> str:
+    """Base of the URLs in answers: ``SHARPML_PUBLIC_URL``, else the request's own."""
+    return st.settings.public_url or str(request.base_url).rstrip("/")
+
+
+BaseUrl = Annotated[str, Depends(base_url)]
+
+
+async def owned_job(job_id: str, who: Caller, st: State) -> jobs.Job:
+    """The SharpJob ``job_id`` of the path if the caller owns it (anonymous: with its job token),
+    else 404."""
+    return await jobs.owned_job(st, who, job_id)
+
+
+OwnedJob = Annotated[jobs.Job, Depends(owned_job)]
+
+
+async def _chunks(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise ClientGone from None
+
+
+def upload_request(request: Request, who: Caller, ip: ClientAddress, base: BaseUrl) -> UploadRequest:
+    """An upload for :func:`sharpml_api.submit.submit`: the body is handed over unread, as a stream."""
+    return UploadRequest(
+        caller=who,
+        client_ip=ip,
+        content_type=request.headers.get("content-type"),
+        content_length=request.headers.get("content-length"),
+        chunks=_chunks(request),
+        base_url=base,
+    )
+
+
+Upload = Annotated[UploadRequest, Depends(upload_request)]
