@@ -31,6 +31,11 @@ class TrainOptions:
     #: MCMC refinement: from this step, every ``refine_every`` steps (gsplat: 500 and 100).
     refine_start: int = 500
     refine_every: int = 100
+    #: Initial gaussian size as a fraction of the distance to the three nearest SfM points. gsplat's
+    #: MCMC preset uses 0.1 on dense point clouds; SfM points from phone photos are sparse, and at 0.1
+    #: most of each photo starts uncovered (measured on the test scene: held-out PSNR 7.2 dB after
+    #: 300 steps, against 14.0 dB at 0.5 and 15.4 dB at 1.0; 1.0 cost 4x the CPU time of 0.5).
+    init_scale: float = 0.5
     #: Weight of D-SSIM in the loss ``(1 - l) L1 + l (1 - SSIM)`` (3DGS: 0.2).
     ssim_lambda: float = 0.2
 
@@ -52,6 +57,8 @@ class TrainOptions:
             raise ValueError("test_every: must be 0 (no held-out views) or at least 2")
         if self.refine_start < 0 or self.refine_every < 1:
             raise ValueError("refine_start must be >= 0 and refine_every >= 1")
+        if not 0.0 < self.init_scale <= 10.0:
+            raise ValueError("init_scale: must be in (0, 10]")
         if not 0.0 <= self.ssim_lambda <= 1.0:
             raise ValueError("ssim_lambda: must be between 0 and 1")
 

@@ -86,24 +86,28 @@ def project(
     return radii[0], means2d[0], depths[0], conics[0]
 
 
-def _sigma(means2d: Tensor, conics: Tensor, px: Tensor, py: Tensor) -> Tensor:
-    dx = px + 0.5 - means2d[:, 0]
-    dy = py + 0.5 - means2d[:, 1]
-    return 0.5 * (conics[:, 0] * dx * dx + conics[:, 2] * dy * dy) + conics[:, 1] * dx * dy
+def _alpha(
+    means2d: Tensor, conics: Tensor, opacities: Tensor, gid: Tensor, pix: Tensor, width: int
+) -> tuple[Tensor, Tensor]:
+    """``sigma`` and ``alpha`` of each (gaussian, pixel) pair; pixel centres at ``+ 0.5``."""
+    px = (pix % width).to(means2d.dtype) + 0.5
+    py = torch.div(pix, width, rounding_mode="floor").to(means2d.dtype) + 0.5
+    m, c = means2d[gid], conics[gid]
+    dx, dy = px - m[:, 0], py - m[:, 1]
+    sigma = 0.5 * (c[:, 0] * dx * dx + c[:, 2] * dy * dy) + c[:, 1] * dx * dy
+    return sigma, torch.clamp_max(opacities[gid] * torch.exp(-sigma), ALPHA_MAX)
 
 
 @torch.no_grad()
-def footprint_pairs(
+def footprint_candidates(
     radii: Tensor, means2d: Tensor, depths: Tensor, conics: Tensor, opacities: Tensor, width: int, height: int
 ) -> tuple[Tensor, Tensor]:
-    """Every (gaussian, pixel) pair that contributes to the image, sorted by (pixel, depth).
+    """The (gaussian, pixel) pairs whose pixel centre lies inside the gaussian's ``alpha >= 1/255``
+    ellipse (``sigma <= ln(255 opacity)``), sorted by (pixel, depth).
 
-    Returns ``gaussian ids [M]`` and row-major ``pixel ids [M]``. A gaussian's candidate pixels are
-    those whose centres lie inside its ``alpha >= 1/255`` ellipse (``sigma <= ln(255 opacity)``), found
-    row by row: the rows its ellipse spans (never beyond the projection's 3.33-sigma radius), then in
-    each row the interval between the two roots of the quadratic in x. Candidates that rounding puts
-    below the threshold are dropped, and so is everything behind the point where a pixel's
-    transmittance would reach ``T_MIN``.
+    Returns ``gaussian ids [M]`` and row-major ``pixel ids [M]``. Found row by row: the rows the
+    ellipse spans (never beyond the projection's 3.33-sigma radius), then in each row the interval
+    between the two roots of the quadratic in x, so no pixel outside the ellipse is ever visited.
     """
     device, dtype = means2d.device, means2d.dtype
     empty = torch.zeros(0, dtype=torch.long, device=device)
@@ -140,19 +144,33 @@ def footprint_pairs(
         return empty, empty
     pair_row = torch.repeat_interleave(torch.arange(n_rows, device=device), span)
     px = x0[pair_row] + torch.arange(total, device=device) - (torch.cumsum(span, 0) - span)[pair_row]
-    py = row_y[pair_row]
+    pix = row_y[pair_row] * width + px
     gid = ids[row_g[pair_row]]
-    sigma = _sigma(means2d[gid], conics[gid], px.to(dtype), py.to(dtype))
-    alpha = torch.clamp_max(opacities[gid] * torch.exp(-sigma), ALPHA_MAX)
-    keep = (sigma >= 0) & (alpha >= ALPHA_MIN)
-    gid, pix, alpha = gid[keep], (py * width + px)[keep], alpha[keep]
     # Pairs were made front to back; a stable sort by pixel keeps that order within each pixel.
     pix, order = torch.sort(pix, stable=True)
-    gid, alpha = gid[order], alpha[order]
-    # Early termination: keep a pair only while the transmittance *after* it stays above T_MIN.
-    log_one_minus = torch.log1p(-alpha.double())
-    log_t = _segment_exclusive_cumsum(log_one_minus, pix) + log_one_minus
-    keep = log_t > math.log(T_MIN)
+    return gid[order], pix
+
+
+@torch.no_grad()
+def contributing(sigma: Tensor, alpha: Tensor, pix: Tensor) -> Tensor:
+    """Which sorted candidate pairs gsplat's kernel composites: ``sigma >= 0`` and ``alpha >= 1/255``
+    (rounding can leave a boundary pixel just below), and in each pixel only while the
+    transmittance *after* the gaussian stays above ``T_MIN`` (the gaussian that would cross it and
+    all behind it are left out)."""
+    passes = (sigma >= 0) & (alpha >= ALPHA_MIN)
+    log_one_minus = torch.log1p(-torch.where(passes, alpha, torch.zeros_like(alpha)).double())
+    after = _segment_exclusive_cumsum(log_one_minus, pix) + log_one_minus
+    return passes & (after > math.log(T_MIN))
+
+
+def footprint_pairs(
+    radii: Tensor, means2d: Tensor, depths: Tensor, conics: Tensor, opacities: Tensor, width: int, height: int
+) -> tuple[Tensor, Tensor]:
+    """Every (gaussian, pixel) pair that contributes to the image, sorted by (pixel, depth)."""
+    with torch.no_grad():
+        gid, pix = footprint_candidates(radii, means2d, depths, conics, opacities, width, height)
+        sigma, alpha = _alpha(means2d, conics, opacities, gid, pix, width)
+        keep = contributing(sigma, alpha, pix)
     return gid[keep], pix[keep]
 
 
@@ -179,19 +197,21 @@ def rasterize_sparse(
 ) -> tuple[Tensor, Tensor]:
     """The footprint-sparse compositor (any device; used on CPU). Differentiable in every input."""
     radii, means2d, depths, conics = project(means, quats, scales, viewmat, K, width, height)
-    gid, pix = footprint_pairs(radii, means2d, depths, conics, opacities, width, height)
+    gid, pix = footprint_candidates(
+        radii, means2d.detach(), depths.detach(), conics.detach(), opacities.detach(), width, height
+    )
     n_pix = width * height
     image = torch.zeros(n_pix, colors.shape[-1], dtype=colors.dtype, device=colors.device)
     acc = torch.zeros(n_pix, 1, dtype=colors.dtype, device=colors.device)
     if len(gid):
-        px = (pix % width).to(means2d.dtype)
-        py = torch.div(pix, width, rounding_mode="floor").to(means2d.dtype)
-        sigma = _sigma(means2d[gid], conics[gid], px, py)
-        alpha = torch.clamp_max(opacities[gid] * torch.exp(-sigma), ALPHA_MAX)
+        sigma, alpha = _alpha(means2d, conics, opacities, gid, pix, width)
+        keep = contributing(sigma.detach(), alpha.detach(), pix)
+        gid, pix, alpha = gid[keep], pix[keep], alpha[keep]
         # Transmittance in float64: a float32 running sum over ~10^6 pairs would lose the per-pixel
         # differences.
-        log_one_minus = torch.log1p(-alpha.double())
-        transmittance = torch.exp(_segment_exclusive_cumsum(log_one_minus, pix)).to(alpha.dtype)
+        transmittance = torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha.double()), pix)).to(
+            alpha.dtype
+        )
         weights = (alpha * transmittance)[:, None]
         image = image.index_add(0, pix, weights * colors[gid])
         acc = acc.index_add(0, pix, weights)

@@ -1,8 +1,8 @@
 """Train 3D Gaussian splats on a COLMAP scene: one code path for GPU and CPU.
 
 The recipe is gsplat's ``simple_trainer`` with its MCMC strategy (``examples/simple_trainer.py``,
-``MCMCStrategy``): gaussians start at the SfM points (opacity 0.5, scale 0.1 x the distance to their
-three nearest neighbours, random rotations); Adam per parameter group at gsplat's learning rates (the
+``MCMCStrategy``): gaussians start at the SfM points (opacity 0.5, size ``init_scale`` x the distance
+to their three nearest neighbours, random rotations); Adam per parameter group at gsplat's learning rates (the
 position rate scaled by the scene's extent and decayed exponentially to 1 % over the run); loss
 ``0.8 L1 + 0.2 (1 - SSIM)`` plus MCMC's opacity and scale regularisers (0.01 each); MCMC relocation,
 growth up to ``max_gaussians`` and position noise (:mod:`sharpml.train.mcmc`).
@@ -44,7 +44,6 @@ PROGRESS_NAME = "progress.json"
 LEARNING_RATES = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "colors": 2.5e-3}
 #: MCMC's initialisation and regularisers (simple_trainer's MCMC configuration).
 INIT_OPACITY = 0.5
-INIT_SCALE = 0.1
 OPACITY_REG = 0.01
 SCALE_REG = 0.01
 
@@ -95,7 +94,7 @@ class ViewTensors:
     def of(cls, view: View, device: torch.device) -> ViewTensors:
         return cls(
             view.name,
-            torch.from_numpy(view.image).to(device),
+            torch.from_numpy(view.image.copy()).to(device),
             torch.tensor(view.K, dtype=torch.float32, device=device),
             torch.tensor(view.viewmat, dtype=torch.float32, device=device),
             view.width,
@@ -135,7 +134,9 @@ def init_params(scene: Scene, options: TrainOptions, device: torch.device) -> di
     g = torch.Generator().manual_seed(options.seed)
     params = {
         "means": torch.tensor(xyz, dtype=torch.float32),
-        "scales": torch.log(torch.tensor(spacing * INIT_SCALE, dtype=torch.float32))[:, None].repeat(1, 3),
+        "scales": torch.log(torch.tensor(spacing * options.init_scale, dtype=torch.float32))[:, None].repeat(
+            1, 3
+        ),
         "quats": torch.rand((n, 4), generator=g),
         "opacities": torch.logit(torch.full((n,), INIT_OPACITY)),
         "colors": (torch.tensor(rgb, dtype=torch.float32) / 255.0 - 0.5) / splat.SH_C0,
@@ -259,6 +260,10 @@ def train(
         torch.set_num_threads(opts.threads)
     seed_everything(opts.seed)
     device = resolve_device(opts.device)
+    if device.type == "cpu":
+        # The backward of a gather accumulates with several threads in no fixed order; PyTorch's
+        # deterministic mode fixes it (a run is then repeatable bit for bit). Process-wide.
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
     progress("load", 0.0, "reading the scene")
     t0 = time.monotonic()
@@ -311,7 +316,7 @@ def train(
         )
         loss = loss + OPACITY_REG * model.opacities.mean() + SCALE_REG * model.scales.mean()
         loss.backward()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise TrainingError(f"the loss became {loss_value} at step {step}")
         for opt in optimizers.values():
