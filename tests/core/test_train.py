@@ -160,3 +160,33 @@ def test_pod_entry_point_failures(tmp_path: Path) -> None:
     assert failed.returncode == EXIT_TRAINING_FAILED, failed.stderr
     record = TrainResult.read(tmp_path / "o" / "result.json")
     assert not record.ok and "no COLMAP model" in (record.reason or "")
+
+
+@pytest.mark.slow
+def test_cli_process_train_writes_the_trained_splat(scene_photos: Dataset, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sharpml.cli import cli
+
+    out = tmp_path / "trained.splat"
+    args = ["process", str(scene_photos.photos_dir), "-o", str(out), "--train", "--steps", "20"]
+    args += ["--train-image-size", "64", "--device", "cpu", "--threads", "2"]
+    result = CliRunner().invoke(cli, args, env={"SHARPML_DATA_DIR": str(tmp_path / "data")})
+    assert result.exit_code == 0, result.output
+    assert "trained splat:" in result.output and "20 steps at 64x48" in result.output
+    assert "held-out photos (2): PSNR" in result.output and "untrained preview" in result.output
+    (job,) = (tmp_path / "data" / "jobs").iterdir()
+    assert out.read_bytes() == (job / "output" / "scene.splat").read_bytes()
+    record = TrainResult.read(job / "output" / "result.json")
+    assert record.steps == 20 and record.gaussians == len(splat.read_splat(out))
+
+
+def test_cli_training_options_need_train(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sharpml.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["process", str(tmp_path), "-o", str(tmp_path / "x.splat"), "--steps", "5"]
+    )
+    assert result.exit_code == 2 and "need --train" in result.output
