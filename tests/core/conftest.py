@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sharpml.layout import DataDir, JobDir
 from sharpml.synthetic import Dataset, write_dataset
 
 #: Small enough for CI on two cores, large enough for COLMAP to place every camera.
@@ -20,6 +21,20 @@ def scene_photos(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     """Twelve photos of the synthetic scene, mixing JPEG, PNG and HEIC as phones produce them."""
     out = tmp_path_factory.mktemp("scene")
     return write_dataset(out, N_PHOTOS, *SIZE, formats=("jpg", "heic", "png"))
+
+
+@pytest.fixture(scope="session")
+def reconstructed_job(scene_photos: Dataset, tmp_path_factory: pytest.TempPathFactory) -> JobDir:
+    """That scene through intake and the real SfM stage: a job with ``colmap/scene`` and
+    ``colmap/preview.splat`` (the trainer's input). Shared by the trainer's tests."""
+    from sharpml.intake import ingest, uploads_from_paths
+    from sharpml.sfm import SfmOptions, reconstruct
+
+    store = DataDir(tmp_path_factory.mktemp("reconstructed"))
+    job = ingest(uploads_from_paths([scene_photos.photos_dir]), store).job
+    result = reconstruct(job, SfmOptions(num_threads=2))
+    assert result.ok, result.reason
+    return job
 
 
 def noise_photos(folder: Path, n: int, seed: int = 11) -> list[Path]:

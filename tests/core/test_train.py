@@ -18,9 +18,7 @@ import torch
 
 from sharpml import splat
 from sharpml.contract import EXIT_TRAINING_FAILED, TrainResult, read_progress
-from sharpml.intake import ingest, uploads_from_paths
-from sharpml.layout import DataDir, JobDir
-from sharpml.sfm import SfmOptions, reconstruct
+from sharpml.layout import JobDir
 from sharpml.synthetic import Dataset
 from sharpml.train.options import TrainOptions
 from sharpml.train.scene import load_scene
@@ -49,12 +47,8 @@ class Recorder:
 
 
 @pytest.fixture(scope="module")
-def job(scene_photos: Dataset, tmp_path_factory: pytest.TempPathFactory) -> JobDir:
-    store = DataDir(tmp_path_factory.mktemp("data"))
-    job = ingest(uploads_from_paths([scene_photos.photos_dir]), store).job
-    result = reconstruct(job, SfmOptions(num_threads=2))
-    assert result.ok, result.reason
-    return job
+def job(reconstructed_job: JobDir) -> JobDir:
+    return reconstructed_job
 
 
 @pytest.fixture(scope="module")
