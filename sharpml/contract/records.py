@@ -41,6 +41,13 @@ class SplatFormatError(RecordError):
     """A ``.splat`` file that is not a whole number of records (or not a regular file)."""
 
 
+def _write_atomically(path: Path, record: dict[str, Any]) -> None:
+    """Write a record as JSON so that a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -72,9 +79,7 @@ class SfmResult:
         return self.registered / self.total if self.total else 0.0
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        _write_atomically(path, asdict(self))
 
     @classmethod
     def read(cls, path: Path) -> SfmResult:
@@ -134,9 +139,7 @@ class TrainResult:
         return asdict(self)
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        _write_atomically(path, asdict(self))
 
     @classmethod
     def from_json(cls, data: Any, where: str = "training result") -> TrainResult:

@@ -43,6 +43,14 @@ def compute_relocation(
     return new_op.to(opacities.dtype), new_scales.to(scales.dtype)
 
 
+def _write_split(name: str, p: Tensor, sampled: Tensor, new_op: Tensor, new_scales: Tensor) -> None:
+    """Give the sampled gaussians (the ones being copied) their post-split opacity and scale."""
+    if name == "opacities":
+        p[sampled] = torch.logit(new_op)
+    elif name == "scales":
+        p[sampled] = torch.log(new_scales)
+
+
 @dataclass
 class PortableMCMC(MCMCStrategy):
     """:class:`gsplat.strategy.MCMCStrategy` with its CUDA-only helpers replaced by PyTorch."""
@@ -70,10 +78,7 @@ class PortableMCMC(MCMCStrategy):
         new_op, new_scales = self._split(params, opacities, sampled, binoms)
 
         def param_fn(name: str, p: Tensor) -> Tensor:
-            if name == "opacities":
-                p[sampled] = torch.logit(new_op)
-            elif name == "scales":
-                p[sampled] = torch.log(new_scales)
+            _write_split(name, p, sampled, new_op, new_scales)
             p[dead_idx] = p[sampled]
             return torch.nn.Parameter(p, requires_grad=p.requires_grad)
 
@@ -95,10 +100,7 @@ class PortableMCMC(MCMCStrategy):
         new_op, new_scales = self._split(params, opacities, sampled, binoms)
 
         def param_fn(name: str, p: Tensor) -> Tensor:
-            if name == "opacities":
-                p[sampled] = torch.logit(new_op)
-            elif name == "scales":
-                p[sampled] = torch.log(new_scales)
+            _write_split(name, p, sampled, new_op, new_scales)
             return torch.nn.Parameter(torch.cat([p, p[sampled]]), requires_grad=p.requires_grad)
 
         def optimizer_fn(key: str, v: Tensor) -> Tensor:

@@ -11,11 +11,13 @@ A job's ``input``::
     }
 
 ``upload.splat`` is required, ``ply`` and ``result`` are optional; ``options`` may name only those four
-keys, bounded as the ``SHARPML_TRAIN_*`` settings are. The handler downloads the scene, trains
-(:func:`sharpml.train.trainer.train`), reports progress through ``runpod.serverless.progress_update``
-(``{"stage", "fraction", "message"}``, at most every 2 s and at every stage change), uploads the
-results with one PUT each, and returns the metrics record (:class:`sharpml.contract.TrainResult`) with
-``uploaded`` added. Anything wrong returns ``{"error": ...}``, which RunPod reports as a failed job.
+keys, bounded as the ``SHARPML_TRAIN_*`` settings are; what a request leaves out comes from those
+settings in the worker's environment (the endpoint's), else their defaults. The handler downloads the
+scene, trains (:func:`sharpml.train.trainer.train`), reports progress through
+``runpod.serverless.progress_update`` (``{"stage", "fraction", "message"}``, at most every 2 s and at
+every stage change), uploads the results with one PUT each, and returns the metrics record
+(:class:`sharpml.contract.TrainResult`) with ``uploaded`` added. Anything wrong returns
+``{"error": ...}``, which RunPod reports as a failed job.
 
 Only ``https`` URLs are accepted (``http`` only when a test passes ``allow_http``); archive members
 must be plain files and folders under ``images/`` or ``sparse/`` (no links, no absolute or ``..``
@@ -96,7 +98,9 @@ def parse_input(
         if not isinstance(value, int) or isinstance(value, bool):
             raise InputError(f"options.{key}: must be a whole number")
     try:
-        options = TrainOptions.from_env({}, **dict(raw))
+        options = TrainOptions.from_env(
+            None, **dict(raw)
+        )  # SHARPML_TRAIN_* of the endpoint, then the request
     except ValueError as exc:
         raise InputError(f"options.{exc}") from None
     return scene_url, preview_url, uploads, options

@@ -25,6 +25,7 @@ from sharpml.train.scene import load_scene
 from sharpml.train.trainer import ViewTensors, from_splat, psnr, train
 
 from .conftest import N_PHOTOS
+from .test_sfm import Recorder
 
 ACCEPTANCE = TrainOptions(
     steps=250,
@@ -36,14 +37,6 @@ ACCEPTANCE = TrainOptions(
     refine_start=50,
     refine_every=50,
 )
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, float, str]] = []
-
-    def __call__(self, stage: str, fraction: float, message: str = "") -> None:
-        self.calls.append((stage, fraction, message))
 
 
 @pytest.fixture(scope="module")
