@@ -35,6 +35,14 @@ ALPHA_MAX = 0.999
 T_MIN = 1e-4
 EPS2D = 0.3
 NEAR_PLANE = 0.01
+#: Most (gaussian, pixel) pairs the CPU compositor takes on in one view. A pair costs about 150 bytes
+#: through the forward and backward passes, so this bounds one step near 5 GB instead of letting a
+#: large image or a swarm of big gaussians exhaust the machine.
+MAX_PAIRS = 32_000_000
+
+
+class TooManyPairs(MemoryError):
+    """One view needs more pixel-gaussian pairs than :data:`MAX_PAIRS`."""
 
 
 def rasterize(
@@ -142,6 +150,11 @@ def footprint_candidates(
     total = int(span.sum())
     if total == 0:
         return empty, empty
+    if total > MAX_PAIRS:
+        raise TooManyPairs(
+            f"one {width}x{height} view needs {total} pixel-gaussian pairs, over the CPU rasteriser's "
+            f"budget of {MAX_PAIRS}; train at a smaller image size or with fewer gaussians"
+        )
     pair_row = torch.repeat_interleave(torch.arange(n_rows, device=device), span)
     px = x0[pair_row] + torch.arange(total, device=device) - (torch.cumsum(span, 0) - span)[pair_row]
     pix = row_y[pair_row] * width + px

@@ -31,7 +31,7 @@ from sharpml.contract import TrainResult
 from sharpml.progress import ProgressHook, no_progress
 from sharpml.train.mcmc import PortableMCMC
 from sharpml.train.options import TrainOptions
-from sharpml.train.raster import rasterize
+from sharpml.train.raster import TooManyPairs, rasterize
 from sharpml.train.scene import Scene, View, load_scene
 
 #: File names in the output directory.
@@ -309,7 +309,10 @@ def train(
             queue = torch.randperm(len(train_views), generator=order).tolist()
         view = train_views[queue.pop()]
         model = activated(params)
-        image = model.render(view)
+        try:
+            image = model.render(view)
+        except TooManyPairs as exc:
+            raise TrainingError(f"step {step}: {exc}") from None
         target = view.target()
         loss = (1.0 - opts.ssim_lambda) * F.l1_loss(image, target) + opts.ssim_lambda * (
             1.0 - ssim(image, target)

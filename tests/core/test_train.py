@@ -177,3 +177,15 @@ def test_cli_training_options_need_train(tmp_path: Path) -> None:
         cli, ["process", str(tmp_path), "-o", str(tmp_path / "x.splat"), "--steps", "5"]
     )
     assert result.exit_code == 2 and "need --train" in result.output
+
+
+def test_a_view_over_the_cpu_budget_fails_training_with_the_reason(
+    job: JobDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sharpml.train import raster
+    from sharpml.train.trainer import TrainingError
+
+    monkeypatch.setattr(raster, "MAX_PAIRS", 1000)
+    options = TrainOptions(steps=3, max_image_size=64, device="cpu", threads=2)
+    with pytest.raises(TrainingError, match=r"step 0: one 64x48 view needs \d+ pixel-gaussian pairs, over"):
+        train(job.scene, tmp_path, options)
