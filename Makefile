@@ -7,11 +7,18 @@ export SHARPML_DATA_DIR ?= $(CURDIR)/.data
 
 .PHONY: demo test fuzz lint venv clean deps-core deps-test k8s-tools helm cluster-up cluster-down
 
-## venv: the project's virtual environment with every extra installed (re-run when pyproject changes)
-$(BIN)/sharpml: pyproject.toml
+## venv: the project's virtual environment with every extra installed (re-run when pyproject changes).
+## The `train` extra (torch + its CUDA libraries: 2.9 GB of wheels) comes from a wheelhouse under
+## ~/.cache/sharpml/wheels: the registry's responses here carry no cache headers, so pip's own cache
+## (~/.cache/pip) keeps nothing. `pip download` fills it once (later runs only read index pages), and the
+## extra is installed from it offline; the rest installs as usual.
+WHEELS ?= $(HOME)/.cache/sharpml/wheels
+$(BIN)/sharpml: pyproject.toml hack/requirements.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[cli,dev,cluster,api,operator]'
+	$(BIN)/pip download -q --dest $(WHEELS) $$($(PYTHON) hack/requirements.py train)
+	$(BIN)/pip install -q --no-index --find-links $(WHEELS) $$($(PYTHON) hack/requirements.py train)
+	$(BIN)/pip install -q -e '.[cli,train,dev,cluster,api,operator]'
 	@touch $@
 
 venv: $(BIN)/sharpml

@@ -1,4 +1,5 @@
-"""The settings registry: every ``SHARPML_*`` variable of the core, the API and the operator, declared once.
+"""The settings registry: every ``SHARPML_*`` variable of the core, the trainer, the API and the operator,
+declared once.
 
 Each :class:`Setting` has its environment name, type, default, bounds and a one-line doc. The
 components read their values through it (``sharpml.config``, ``sharpml_api.settings``,
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-COMPONENTS = ("core", "api", "operator")
+COMPONENTS = ("core", "trainer", "api", "operator")
 KINDS = ("int", "float", "str", "secret", "path", "list", "object", "array", "choice", "quantity")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 
@@ -159,6 +160,51 @@ SETTINGS: tuple[Setting, ...] = (
         "processing deadline of a job's SfM stage, in milliseconds",
         "core",
         1000,
+    ),
+    # --- the trainer (sharpml.train: the training pod, the RunPod worker, `sharpml process --train`) -----
+    Setting(
+        "SHARPML_TRAIN_STEPS",
+        "int",
+        7000,
+        "training steps (one photo each; gsplat's 7k recipe)",
+        "trainer",
+        1,
+        100_000,
+    ),
+    Setting(
+        "SHARPML_TRAIN_MAX_GAUSSIANS",
+        "int",
+        1_000_000,
+        "cap on the number of gaussians (MCMC densification): bounds memory, time and file size",
+        "trainer",
+        100,
+        10_000_000,
+    ),
+    Setting(
+        "SHARPML_TRAIN_MAX_IMAGE_SIZE",
+        "int",
+        1600,
+        "photos are downscaled to this longest side for training (never upscaled)",
+        "trainer",
+        32,
+        8000,
+    ),
+    Setting(
+        "SHARPML_TRAIN_DEVICE",
+        "choice",
+        "auto",
+        "where to train (`auto`: CUDA when available, else CPU)",
+        "trainer",
+        choices=("auto", "cpu", "cuda"),
+    ),
+    Setting(
+        "SHARPML_TRAIN_THREADS",
+        "int",
+        0,
+        "CPU threads PyTorch may use (0: its default, one per core)",
+        "trainer",
+        0,
+        1024,
     ),
     # --- the REST API -----------------------------------------------------------------------------------
     Setting("SHARPML_API_HOST", "str", "127.0.0.1", "listen address (0.0.0.0 in a pod)", "api"),

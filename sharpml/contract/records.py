@@ -22,8 +22,10 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3  # photos rejected by intake
 EXIT_QUALITY_GATE = 4  # reconstruction rejected by the quality gate
 EXIT_COLMAP_FAILED = 5
+EXIT_TRAINING_FAILED = 6  # the scene cannot be trained on, or training diverged (``python -m sharpml.train``)
 
 RESULT_VERSION = 1
+TRAIN_RESULT_VERSION = 1
 #: Upper bounds for reading what a pod wrote.
 MAX_RESULT_BYTES = 1024 * 1024
 MAX_PROGRESS_BYTES = 64 * 1024
@@ -37,6 +39,13 @@ class RecordError(ValueError):
 
 class SplatFormatError(RecordError):
     """A ``.splat`` file that is not a whole number of records (or not a regular file)."""
+
+
+def _write_atomically(path: Path, record: dict[str, Any]) -> None:
+    """Write a record as JSON so that a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
 
 
 def _count(value: Any) -> bool:
@@ -70,9 +79,7 @@ class SfmResult:
         return self.registered / self.total if self.total else 0.0
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        _write_atomically(path, asdict(self))
 
     @classmethod
     def read(cls, path: Path) -> SfmResult:
@@ -93,6 +100,77 @@ class SfmResult:
         ):
             raise RecordError(f"{path}: fields of the wrong type")
         return result
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass
+class TrainResult:
+    """The trainer's metrics record (``result.json`` in its output directory, and what the RunPod
+    worker returns). ``psnr``/``ssim`` are means over the held-out photos (every 8th, never trained
+    on); ``preview_psnr``/``preview_ssim`` score the untrained preview splat on the same views, rendered
+    the same way, so the two say what training added."""
+
+    ok: bool
+    reason: str | None
+    steps: int = 0
+    gaussians: int = 0
+    seconds: float = 0.0
+    device: str = ""
+    psnr: float | None = None
+    ssim: float | None = None
+    preview_psnr: float | None = None
+    preview_ssim: float | None = None
+    train_views: int = 0
+    test_views: int = 0
+    width: int = 0
+    height: int = 0
+    steps_per_second: float = 0.0
+    ply: str | None = None
+    splat: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    version: int = TRAIN_RESULT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, path: Path) -> None:
+        _write_atomically(path, asdict(self))
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "training result") -> TrainResult:
+        """Type-checked: a record from a pod or a remote worker is untrusted."""
+        if not isinstance(data, dict):
+            raise RecordError(f"{where}: not a JSON object")
+        try:
+            result = cls(**data)
+        except TypeError as exc:  # unknown or missing keys
+            raise RecordError(f"{where}: {exc}") from None
+        optional = (result.psnr, result.ssim, result.preview_psnr, result.preview_ssim)
+        if (
+            not isinstance(result.ok, bool)
+            or not (result.reason is None or isinstance(result.reason, str))
+            or not all(
+                _count(n) for n in (result.steps, result.gaussians, result.train_views, result.test_views)
+            )
+            or not all(_count(n) for n in (result.width, result.height))
+            or not all(_number(x) and x >= 0 for x in (result.seconds, result.steps_per_second))
+            or not all(x is None or _number(x) for x in optional)
+            or not isinstance(result.device, str)
+            or not all(x is None or isinstance(x, str) for x in (result.ply, result.splat))
+            or not all(isinstance(x, dict) for x in (result.timings, result.options, result.versions))
+        ):
+            raise RecordError(f"{where}: fields of the wrong type")
+        return result
+
+    @classmethod
+    def read(cls, path: Path) -> TrainResult:
+        """Read ``result.json`` as untrusted: bounded, no symlink, every field type-checked."""
+        return cls.from_json(json.loads(read_untrusted(Path(path), MAX_RESULT_BYTES)), str(path))
 
 
 def read_progress(path: Path) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from sharpml.layout import DataDir, JobDir
 from sharpml.synthetic import Dataset, write_dataset
 
 #: Small enough for CI on two cores, large enough for COLMAP to place every camera.
@@ -35,6 +36,20 @@ def run(tmp_path: Path):  # type: ignore[no-untyped-def]
         return runner.invoke(cli, list(args), env={"SHARPML_DATA_DIR": str(tmp_path / "data")})
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def reconstructed_job(scene_photos: Dataset, tmp_path_factory: pytest.TempPathFactory) -> JobDir:
+    """That scene through intake and the real SfM stage: a job with ``colmap/scene`` and
+    ``colmap/preview.splat`` (the trainer's input). Shared by the trainer's tests."""
+    from sharpml.intake import ingest, select_uploads
+    from sharpml.sfm import SfmOptions, reconstruct
+
+    store = DataDir(tmp_path_factory.mktemp("reconstructed"))
+    job = ingest(select_uploads([scene_photos.photos_dir]).uploads, store).job
+    result = reconstruct(job, SfmOptions(num_threads=2))
+    assert result.ok, result.reason
+    return job
 
 
 def noise_photos(folder: Path, n: int, seed: int = 11) -> list[Path]:
