@@ -125,6 +125,9 @@ def test_defaults_are_the_registrys(tmp_path: Path, monkeypatch):
     """A field's default and the value read from an empty environment are one and the same."""
     from sharpml.settings import REGISTRY
 
+    # Settings() reads the process environment for the data directory's default, as the API does at
+    # start-up; `make test` exports SHARPML_DATA_DIR, so the comparison must not depend on it.
+    monkeypatch.delenv("SHARPML_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert Settings() == Settings.from_env({"XDG_DATA_HOME": str(tmp_path)})
     assert Settings().jwt.audience == REGISTRY["SHARPML_JWT_AUDIENCE"].default
