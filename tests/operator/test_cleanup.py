@@ -12,6 +12,10 @@ from tests.operator.conftest import create, events_for, get_job, sfm_pods, sharp
 
 pytestmark = [pytest.mark.cluster, pytest.mark.podman]
 
+#: The SfM pod held to a quarter of a core: it is still running when the test stops it (unthrottled, 8
+#: small photos can reconstruct in about 2 s, and the job would complete before the cancel or delete).
+SLOW_POD = {"sfm_cpu_request": "250m", "sfm_cpu_limit": "250m"}
+
 
 def _seconds_since(stamp: str) -> float:
     return (datetime.now(UTC) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
@@ -30,7 +34,7 @@ def test_deleting_a_running_job_stops_its_pod_and_deletes_its_files(
     control_plane, namespace, data_volume, start_operator, node_agent, scene_uploads
 ):
     cp, ns = control_plane, namespace
-    op = start_operator()
+    op = start_operator(**SLOW_POD)
     job_dir = data_volume.new_job(scene_uploads)
     create(cp, ns, sharpjob("gone", job_dir, len(scene_uploads)))
     wait_for(cp, ns, "gone", lambda j: j.get("status", {}).get("phase") == "Reconstructing", operator=op)
@@ -53,7 +57,7 @@ def test_cancel_then_retention_deletes_job_and_files(
     control_plane, namespace, data_volume, start_operator, scene_uploads
 ):
     cp, ns = control_plane, namespace
-    op = start_operator()
+    op = start_operator(**SLOW_POD)
     job_dir = data_volume.new_job(scene_uploads)
     # A TTL that cannot expire during the first half, however slowly the pod stops on a loaded machine.
     create(cp, ns, sharpjob("stop", job_dir, len(scene_uploads), ttlSecondsAfterFinished=3600))

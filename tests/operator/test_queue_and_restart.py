@@ -10,6 +10,10 @@ import pytest
 
 from tests.operator.conftest import create, events_for, get_job, sfm_pods, sharpjob, wait_for, wait_phase
 
+#: SfM pods held to half a core, so that a job is still Reconstructing while the test looks at the queue
+#: behind it (unthrottled, 8 small photos can reconstruct in about 2 s on an idle machine).
+SLOW_POD = {"sfm_cpu_request": "500m", "sfm_cpu_limit": "500m"}
+
 pytestmark = [pytest.mark.cluster, pytest.mark.podman, pytest.mark.slow]
 
 
@@ -21,7 +25,7 @@ def test_restart_during_queued_and_reconstructing(
     control_plane, namespace, data_volume, start_operator, node_agent, scene_uploads
 ):
     cp, ns = control_plane, namespace
-    op = start_operator(sfm_concurrency="1")
+    op = start_operator(sfm_concurrency="1", **SLOW_POD)
     create(cp, ns, sharpjob("first", data_volume.new_job(scene_uploads), len(scene_uploads)))
     wait_phase(cp, ns, "first", "Reconstructing", operator=op)
     create(cp, ns, sharpjob("second", data_volume.new_job(scene_uploads), len(scene_uploads)))
@@ -57,7 +61,7 @@ def test_queue_runs_five_jobs_one_at_a_time_in_creation_order(
     control_plane, namespace, data_volume, start_operator, node_agent, scene_uploads
 ):
     cp, ns = control_plane, namespace
-    op = start_operator(sfm_concurrency="1")
+    op = start_operator(sfm_concurrency="1", **SLOW_POD)
     names = [f"job-{i}" for i in range(5)]
     dirs = [data_volume.new_job(scene_uploads) for _ in names]
     for name, d in zip(names, dirs, strict=True):
