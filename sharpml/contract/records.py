@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sharpml.layout import read_untrusted
 
@@ -33,6 +33,9 @@ MAX_PROGRESS_BYTES = 64 * 1024
 SPLAT_RECORD_BYTES = 32
 
 
+_R = TypeVar("_R")
+
+
 class RecordError(ValueError):
     """A record a pod wrote is missing its shape: wrong type, unknown keys, impossible values."""
 
@@ -46,6 +49,17 @@ def _write_atomically(path: Path, record: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, path)
+
+
+def _construct(cls: type[_R], data: Any, where: str) -> _R:
+    """A record dataclass from untrusted JSON: an object with exactly its fields, else RecordError.
+    (Field types are each record's own check.)"""
+    if not isinstance(data, dict):
+        raise RecordError(f"{where}: not a JSON object")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # unknown or missing keys
+        raise RecordError(f"{where}: {exc}") from None
 
 
 def _count(value: Any) -> bool:
@@ -84,13 +98,7 @@ class SfmResult:
     @classmethod
     def read(cls, path: Path) -> SfmResult:
         """Read ``result.json`` as untrusted: bounded, no symlink, every field type-checked."""
-        data = json.loads(read_untrusted(Path(path), MAX_RESULT_BYTES))
-        if not isinstance(data, dict):
-            raise RecordError(f"{path}: not a JSON object")
-        try:
-            result = cls(**data)
-        except TypeError as exc:  # unknown or missing keys
-            raise RecordError(f"{path}: {exc}") from None
+        result = _construct(cls, json.loads(read_untrusted(Path(path), MAX_RESULT_BYTES)), str(path))
         error = result.mean_reprojection_error
         if (
             not isinstance(result.ok, bool)
@@ -144,12 +152,7 @@ class TrainResult:
     @classmethod
     def from_json(cls, data: Any, where: str = "training result") -> TrainResult:
         """Type-checked: a record from a pod or a remote worker is untrusted."""
-        if not isinstance(data, dict):
-            raise RecordError(f"{where}: not a JSON object")
-        try:
-            result = cls(**data)
-        except TypeError as exc:  # unknown or missing keys
-            raise RecordError(f"{where}: {exc}") from None
+        result = _construct(cls, data, where)
         optional = (result.psnr, result.ssim, result.preview_psnr, result.preview_ssim)
         if (
             not isinstance(result.ok, bool)
