@@ -16,6 +16,8 @@ from sharpml.contract import (
     PIPELINE,
     PROCESSING_DEFAULTS,
     TERMINAL,
+    TRAINING_BACKENDS,
+    TRAINING_DEFAULTS,
     TRANSITIONS,
     TTL_SECONDS_AFTER_FINISHED,
     ConditionType,
@@ -25,6 +27,7 @@ from sharpml.contract import (
 )
 from sharpml.contract import resource as identity
 from sharpml.contract.status import StatusPatch
+from sharpml.settings import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = yaml.safe_load((REPO / "crds" / "sharpjobs.sharpml.com.yaml").read_text())
@@ -50,6 +53,20 @@ def test_crd_phases_and_defaults_are_the_contracts() -> None:
     processing = SCHEMA["spec"]["properties"]["processing"]["properties"]
     assert {k: v["default"] for k, v in processing.items()} == PROCESSING_DEFAULTS
     assert SCHEMA["spec"]["properties"]["ttlSecondsAfterFinished"]["default"] == TTL_SECONDS_AFTER_FINISHED
+
+
+def test_crd_training_options_are_the_trainers() -> None:
+    """spec.training's defaults and bounds are the trainer's settings: a SharpJob can ask for exactly
+    what the trainer accepts, and nothing else."""
+    training = SCHEMA["spec"]["properties"]["training"]["properties"]
+    assert {k: v["default"] for k, v in training.items() if "default" in v} == TRAINING_DEFAULTS
+    assert training["backend"]["enum"] == list(TRAINING_BACKENDS) and "default" not in training["backend"]
+    for field, setting in (("steps", "SHARPML_TRAIN_STEPS"), ("maxGaussians", "SHARPML_TRAIN_MAX_GAUSSIANS")):
+        declared = REGISTRY[setting]
+        bounds = (training[field]["minimum"], training[field]["maximum"])
+        assert bounds == (declared.minimum, declared.maximum)
+    status = SCHEMA["status"]["properties"]["training"]["properties"]
+    assert status["backend"]["enum"] == list(TRAINING_BACKENDS)
 
 
 def test_cluster_runs_the_clis_measured_sfm_defaults() -> None:

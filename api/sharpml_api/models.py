@@ -37,11 +37,15 @@ class JobOptions(BaseModel):
     max_image_size: int | None = Field(
         None, ge=640, le=8192, description="Longest side, in pixels, used for feature extraction."
     )
-    training_iterations: int | None = Field(
-        None, ge=1000, le=100000, description="Splat training iterations."
+    training: Literal["runpod", "cluster", "none"] | None = Field(
+        None,
+        description="Where the splat is trained: runpod (a rented GPU, the product path), cluster (a "
+        "training pod of this deployment) or none (the preview splat is the result). Omitted: the "
+        "deployment's default.",
     )
-    trainer: Literal["runpod", "preview"] | None = Field(
-        None, description="runpod (GPU, the product path) or preview (quick CPU splat)."
+    training_steps: int | None = Field(None, ge=1, le=100000, description="Training steps (default 7000).")
+    max_gaussians: int | None = Field(
+        None, ge=100, le=10_000_000, description="Cap on the gaussians of the trained splat."
     )
     webhook_url: str | None = Field(
         None, max_length=2048, description="http(s) URL that receives a POST when the job finishes."
@@ -102,12 +106,16 @@ class JobOptions(BaseModel):
             "matcher": self.matcher,
             "mapper": self.mapper,
             "maxImageSize": self.max_image_size,
-            "trainingIterations": self.training_iterations,
-            "trainer": self.trainer,
+        }
+        training = {
+            "backend": self.training,
+            "steps": self.training_steps,
+            "maxGaussians": self.max_gaussians,
         }
         notify = {"webhookURL": self.webhook_url, "email": self.email}
         spec: dict[str, Any] = {
             "processing": {k: v for k, v in processing.items() if v is not None},
+            "training": {k: v for k, v in training.items() if v is not None},
         }
         if any(v is not None for v in notify.values()):
             spec["notify"] = {k: v for k, v in notify.items() if v is not None}
@@ -134,8 +142,20 @@ class Processing(BaseModel):
     matcher: str | None = None
     mapper: str | None = None
     max_image_size: int | None = None
-    training_iterations: int | None = None
-    trainer: str | None = None
+
+
+class Training(BaseModel):
+    """What training was asked for and, once it ran, what it cost and achieved."""
+
+    backend: str | None = Field(None, description="runpod, cluster or none (null: the deployment's default).")
+    steps: int
+    strategy: str
+    max_gaussians: int
+    gpu_seconds: float | None = Field(None, description="GPU time billed, in seconds.")
+    cost_usd: str | None = Field(None, description="Training cost in US dollars (decimal string).")
+    psnr: float | None = Field(None, description="Held-out PSNR of the trained splat, dB.")
+    preview_psnr: float | None = Field(None, description="Held-out PSNR of the untrained preview, dB.")
+    gaussians: int | None = None
 
 
 class SfmSummary(BaseModel):
@@ -163,6 +183,7 @@ class JobStatus(BaseModel):
     created: str | None = Field(None, description="When the job was created (RFC 3339).")
     timestamps: dict[str, str] = Field(default_factory=dict, description="When each stage started or ended.")
     processing: Processing
+    training: Training
     sfm: SfmSummary | None = None
     outputs: Outputs | None = None
     deleting: bool = Field(False, description="True while the job is being deleted.")
@@ -188,8 +209,17 @@ class JobStatus(BaseModel):
                 matcher=spec.matcher,
                 mapper=spec.mapper,
                 max_image_size=spec.max_image_size,
-                training_iterations=spec.training_iterations,
-                trainer=spec.trainer,
+            ),
+            training=Training(
+                backend=status.training.get("backend") or spec.training_backend,
+                steps=spec.training_steps,
+                strategy=spec.training_strategy,
+                max_gaussians=spec.max_gaussians,
+                gpu_seconds=status.training.get("gpuSeconds"),
+                cost_usd=status.training.get("costUSD"),
+                psnr=status.training.get("psnr"),
+                preview_psnr=status.training.get("previewPsnr"),
+                gaussians=status.training.get("gaussians"),
             ),
             sfm=SfmSummary(
                 registered_images=sfm.get("registeredImages"),

@@ -50,7 +50,13 @@ from sharpml.contract.resource import (
     VERSION,
     owner_label,
 )
-from sharpml.contract.spec import PROCESSING_DEFAULTS, TTL_SECONDS_AFTER_FINISHED, JobSpec
+from sharpml.contract.spec import (
+    PROCESSING_DEFAULTS,
+    TRAINING_BACKENDS,
+    TRAINING_DEFAULTS,
+    TTL_SECONDS_AFTER_FINISHED,
+    JobSpec,
+)
 from sharpml.contract.status import JobStatus, StatusPatch
 
 __all__ = [
@@ -81,6 +87,8 @@ __all__ = [
     "STAGE_LABEL",
     "TERMINAL",
     "TOKEN_ANNOTATION",
+    "TRAINING_BACKENDS",
+    "TRAINING_DEFAULTS",
     "TRANSITIONS",
     "TTL_SECONDS_AFTER_FINISHED",
     "VERSION",

@@ -7,9 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sharpml.settings import REGISTRY
+
 MATCHERS = ("auto", "exhaustive", "sequential")
 MAPPERS = ("auto", "incremental", "global")
-TRAINERS = ("runpod", "preview")
+#: ``spec.training.backend``: a rented GPU through RunPod serverless, a training pod in the cluster, or
+#: no training (the preview splat is the result). Omitted: the operator's SHARPML_TRAINING_BACKEND.
+TRAINING_BACKENDS = ("runpod", "cluster", "none")
+STRATEGIES = ("mcmc",)
 
 #: ``spec.processing`` defaults. ``maxImageSize`` 1600 is the measured choice: the same pose accuracy as
 #: 3200 on 12 MP photos, 1.6x faster and with a third of the memory (benchmarks/bench_sfm.py).
@@ -17,8 +22,13 @@ PROCESSING_DEFAULTS: dict[str, Any] = {
     "matcher": "auto",
     "mapper": "auto",
     "maxImageSize": 1600,
-    "trainingIterations": 30000,
-    "trainer": "runpod",
+}
+#: ``spec.training`` defaults: the trainer's own (the SHARPML_TRAIN_* settings), so a SharpJob that says
+#: nothing trains exactly as ``sharpml process --train`` does. ``backend`` has no default here.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "steps": REGISTRY["SHARPML_TRAIN_STEPS"].default,
+    "strategy": "mcmc",
+    "maxGaussians": REGISTRY["SHARPML_TRAIN_MAX_GAUSSIANS"].default,
 }
 #: ``spec.ttlSecondsAfterFinished``: a finished job and its files are kept one day.
 TTL_SECONDS_AFTER_FINISHED = 86400
@@ -35,8 +45,10 @@ class JobSpec:
     matcher: str
     mapper: str
     max_image_size: int
-    training_iterations: int
-    trainer: str
+    training_backend: str | None  # None: the operator's default
+    training_steps: int
+    training_strategy: str
+    max_gaussians: int
     cancel: bool
     ttl_seconds_after_finished: int
     webhook_url: str | None
@@ -46,6 +58,7 @@ class JobSpec:
     def read(cls, spec: Mapping[str, Any]) -> JobSpec:
         upload = (spec.get("source") or {}).get("upload") or {}
         proc = {**PROCESSING_DEFAULTS, **(spec.get("processing") or {})}
+        training = {**TRAINING_DEFAULTS, **(spec.get("training") or {})}
         notify = spec.get("notify") or {}
         return cls(
             owner=str(spec.get("owner", "")),
@@ -54,8 +67,10 @@ class JobSpec:
             matcher=str(proc["matcher"]),
             mapper=str(proc["mapper"]),
             max_image_size=int(proc["maxImageSize"]),
-            training_iterations=int(proc["trainingIterations"]),
-            trainer=str(proc["trainer"]),
+            training_backend=training.get("backend"),
+            training_steps=int(training["steps"]),
+            training_strategy=str(training["strategy"]),
+            max_gaussians=int(training["maxGaussians"]),
             cancel=bool(spec.get("cancel", False)),
             ttl_seconds_after_finished=int(spec.get("ttlSecondsAfterFinished", TTL_SECONDS_AFTER_FINISHED)),
             webhook_url=notify.get("webhookURL"),

@@ -56,6 +56,7 @@ class JobStatus:
     progress: dict[str, Any] = field(default_factory=dict)
     timestamps: dict[str, str] = field(default_factory=dict)
     sfm: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -71,6 +72,7 @@ class JobStatus:
             progress=dict(status.get("progress") or {}),
             timestamps=dict(status.get("timestamps") or {}),
             sfm=dict(status.get("sfm") or {}),
+            training=dict(status.get("training") or {}),
             outputs=dict(status.get("outputs") or {}),
         )
 

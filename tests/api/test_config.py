@@ -97,11 +97,17 @@ def test_options_mirror_the_crd():
         (branch,) = [b for b in fields[name]["anyOf"] if b.get("type") != "null"]
         return branch
 
-    for api_name, crd_name in [("matcher", "matcher"), ("mapper", "mapper"), ("trainer", "trainer")]:
-        assert allowed(api_name)["enum"] == processing[crd_name]["enum"], api_name
+    training = spec["training"]["properties"]
+    for api_name, prop in [
+        ("matcher", processing["matcher"]),
+        ("mapper", processing["mapper"]),
+        ("training", training["backend"]),
+    ]:
+        assert allowed(api_name)["enum"] == prop["enum"], api_name
     for api_name, prop in [
         ("max_image_size", processing["maxImageSize"]),
-        ("training_iterations", processing["trainingIterations"]),
+        ("training_steps", training["steps"]),
+        ("max_gaussians", training["maxGaussians"]),
         ("ttl_seconds_after_finished", spec["ttlSecondsAfterFinished"]),
     ]:
         assert (allowed(api_name)["minimum"], allowed(api_name)["maximum"]) == (
@@ -116,6 +122,7 @@ def test_options_mirror_the_crd():
     )
     assert options.spec() == {
         "processing": {"matcher": "sequential"},
+        "training": {},
         "notify": {"email": "a@b.co"},
         "ttlSecondsAfterFinished": 0,
     }

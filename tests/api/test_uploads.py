@@ -50,7 +50,7 @@ def assert_problem(resp: httpx.Response, status: int, kind: str, rule: str | Non
 
 async def test_upload_creates_sharpjob_pointing_at_sanitised_photos(api, settings, control_plane, namespace):
     photos = [*leaky_photos(5), ("IMG_0005.png", png_bytes(upright_pattern()))]
-    fields = {"matcher": "sequential", "trainer": "preview", "webhook_url": "https://hooks.example.com/x"}
+    fields = {"matcher": "sequential", "training": "none", "webhook_url": "https://hooks.example.com/x"}
     resp = await api.post("/v1/jobs", headers=bearer("acct-42"), **multipart(photos, fields))
     assert resp.status_code == 201, resp.text
     body = resp.json()
@@ -65,7 +65,7 @@ async def test_upload_creates_sharpjob_pointing_at_sanitised_photos(api, setting
     spec = job["spec"]
     assert spec["owner"] == "acct-42"
     assert spec["source"] == {"upload": {"jobDir": f"jobs/{job_id}", "imageCount": 6}}
-    assert spec["processing"]["matcher"] == "sequential" and spec["processing"]["trainer"] == "preview"
+    assert spec["processing"]["matcher"] == "sequential" and spec["training"]["backend"] == "none"
     assert spec["processing"]["mapper"] == "auto"  # CRD default for what was not given
     assert spec["notify"] == {"webhookURL": "https://hooks.example.com/x"}
 

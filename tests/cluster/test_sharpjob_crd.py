@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sharpml.contract import PROCESSING_DEFAULTS, TTL_SECONDS_AFTER_FINISHED
+from sharpml.contract import PROCESSING_DEFAULTS, TRAINING_DEFAULTS, TTL_SECONDS_AFTER_FINISHED
 
 pytestmark = pytest.mark.cluster
 
@@ -51,9 +51,9 @@ def test_defaults_are_filled_in(control_plane, sharpjob_crd, namespace):
         "matcher": "auto",
         "mapper": "auto",
         "maxImageSize": 1600,
-        "trainingIterations": 30000,
-        "trainer": "runpod",
     }
+    expected = {"steps": 7000, "strategy": "mcmc", "maxGaussians": 1_000_000}
+    assert spec["training"] == TRAINING_DEFAULTS == expected
     assert spec["ttlSecondsAfterFinished"] == TTL_SECONDS_AFTER_FINISHED == 86400
 
 
@@ -74,9 +74,17 @@ INVALID = {
         _job(processing={"matcher": "fast"}),
         ['spec.processing.matcher: Unsupported value: "fast"', '"exhaustive", "sequential", "auto"'],
     ),
-    "unknown-trainer": (
-        _job(processing={"trainer": "colab"}),
-        ['spec.processing.trainer: Unsupported value: "colab"', '"runpod", "preview"'],
+    "unknown-training-backend": (
+        _job(training={"backend": "colab"}),
+        ['spec.training.backend: Unsupported value: "colab"', '"runpod", "cluster", "none"'],
+    ),
+    "zero-training-steps": (
+        _job(training={"steps": 0}),
+        ["spec.training.steps", "should be greater than or equal to 1"],
+    ),
+    "too-many-gaussians": (
+        _job(training={"maxGaussians": 20_000_000}),
+        ["spec.training.maxGaussians", "should be less than or equal to 10000000"],
     ),
     "no-source": (
         _job(source={}),
