@@ -28,6 +28,11 @@ from pathlib import Path
 
 from sharpml.config import default_data_dir
 
+#: What a training run leaves in a job's ``output/``: the 3DGS PLY, the ``.splat``, the metrics record.
+TRAINED_PLY = "point_cloud.ply"
+TRAINED_SPLAT = "scene.splat"
+TRAIN_RESULT = "result.json"
+
 STAGING_PREFIX = ".incoming-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -84,6 +89,19 @@ class JobDir:
     @property
     def output(self) -> Path:
         return self.root / "output"
+
+    @property
+    def trained_splat(self) -> Path:
+        """The trainer's outputs (``sharpml.train``; fetched there by the Training stage)."""
+        return self.output / TRAINED_SPLAT
+
+    @property
+    def trained_ply(self) -> Path:
+        return self.output / TRAINED_PLY
+
+    @property
+    def train_result(self) -> Path:
+        return self.output / TRAIN_RESULT
 
 
 @dataclass(frozen=True)

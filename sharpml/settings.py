@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sharpml.pricing import GPU_TYPES
+
 COMPONENTS = ("core", "trainer", "api", "operator")
 KINDS = ("int", "float", "str", "secret", "path", "list", "object", "array", "choice", "quantity")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
@@ -354,6 +356,71 @@ SETTINGS: tuple[Setting, ...] = (
         1,
     ),
     Setting("SHARPML_METRICS_PORT", "int", 8080, "Prometheus endpoint port (0: off)", "operator", 0, 65535),
+    # --- the operator's Training stage -------------------------------------------------------------------
+    Setting(
+        "SHARPML_TRAINING_BACKEND",
+        "choice",
+        "runpod",
+        "where jobs that do not say (spec.training.backend) are trained",
+        "operator",
+        choices=("runpod", "cluster", "none"),
+    ),
+    Setting(
+        "SHARPML_TRAINING_CONCURRENCY",
+        "int",
+        4,
+        "jobs training at once (the GPU queue's slots)",
+        "operator",
+        1,
+    ),
+    Setting(
+        "SHARPML_TRAINING_TIMEOUT_SECONDS",
+        "int",
+        3600,
+        "deadline of one training attempt, queue included (RunPod's executionTimeout and ttl follow it)",
+        "operator",
+        60,
+        86400,
+    ),
+    Setting(
+        "SHARPML_TRAINING_RETRIES",
+        "int",
+        1,
+        "failed training runs retried before the job fails",
+        "operator",
+        0,
+        10,
+    ),
+    Setting(
+        "SHARPML_RUNPOD_ENDPOINT_ID",
+        "str",
+        "",
+        "the RunPod serverless endpoint running the trainer",
+        "operator",
+    ),
+    Setting(
+        "SHARPML_RUNPOD_API_KEY",
+        "secret",
+        "",
+        "RunPod API key (`RUNPOD_ENDPOINT_BASE_URL` moves the API)",
+        "operator",
+    ),
+    Setting(
+        "SHARPML_RUNPOD_GPU_TYPE",
+        "choice",
+        "4090",
+        "the endpoint's GPU type: its published per-second price costs each job",
+        "operator",
+        choices=GPU_TYPES,
+    ),
+    Setting(
+        "SHARPML_RUNPOD_PRICE_PER_SECOND",
+        "float",
+        0.0,
+        "US dollars per GPU second (0: RunPod's published price of the GPU type)",
+        "operator",
+        0,
+    ),
 )
 REGISTRY: dict[str, Setting] = {s.env: s for s in SETTINGS}
 assert len(REGISTRY) == len(SETTINGS), "a setting is declared twice"

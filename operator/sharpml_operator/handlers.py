@@ -221,3 +221,7 @@ async def _retention(finished_jobs: kopf.Index) -> None:
 @kopf.on.event(*RESOURCE)
 def observe_phase(type: str, uid: str, status: Any, **_: Any) -> None:
     metrics.JOBS_BY_PHASE.observe(uid, None if type == "DELETED" else Phase.of(status))
+    if type == "DELETED":
+        metrics.RUN_LEDGER.forget(uid)
+    else:
+        metrics.RUN_LEDGER.observe(uid, dict(status.get("training") or {}), CFG.training.usd_per_second)

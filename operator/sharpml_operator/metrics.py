@@ -20,6 +20,21 @@ STAGE_SECONDS = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, 86400),
 )
 FAILURES = Counter("sharpml_job_failures_total", "SharpJobs that ended Failed, by reason.", ["reason"])
+TRAINING_RUNS = Counter(
+    "sharpml_training_runs_total",
+    "RunPod training runs that ended, by final status; duplicate=true: the run found its request claimed "
+    "and did no training.",
+    ["status", "duplicate"],
+)
+TRAINING_GPU_SECONDS = Counter(
+    "sharpml_training_gpu_seconds_total", "GPU seconds of training runs (each rounded up to a second)."
+)
+TRAINING_COST_USD = Counter("sharpml_training_cost_usd_total", "Cost of training runs, in US dollars.")
+JOB_TRAINING_COST_USD = Histogram(
+    "sharpml_job_training_cost_usd",
+    "Training cost of each trained job, in US dollars (every run of the job, retries included).",
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
 RETENTION_DELETIONS = Counter(
     "sharpml_retention_deletions_total", "Finished SharpJobs deleted with their files after their TTL."
 )
@@ -61,6 +76,41 @@ QUEUE_DEPTH = Gauge("sharpml_sfm_queue_depth", "SharpJobs waiting in the SfM que
 QUEUE_DEPTH.set_function(lambda: JOBS_BY_PHASE.count("Queued"))
 SFM_RUNNING = Gauge("sharpml_sfm_running", "SharpJobs whose SfM pod runs (phase Reconstructing).")
 SFM_RUNNING.set_function(lambda: JOBS_BY_PHASE.count("Reconstructing"))
+
+
+class _RunLedger:
+    """Counts each RunPod run once, from the statuses the apiserver holds (what was billed is what
+    was persisted). Runs already recorded when this process first sees a job were counted by the
+    process before it, so they are not counted again after a restart."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, set[str]] = {}
+
+    def observe(self, uid: str, training: dict, price_per_second: object) -> None:
+        runs = training.get("runs") or {}
+        with self._lock:
+            first = uid not in self._seen
+            counted = self._seen.setdefault(uid, set())
+            new = [rid for rid in runs if rid not in counted]
+            counted.update(new)
+        if first:
+            return
+        for rid in new:
+            run = runs[rid] or {}
+            seconds = -(-int(run.get("executionMs") or 0) // 1000)
+            TRAINING_RUNS.labels(
+                status=str(run.get("status")), duplicate=str(bool(run.get("duplicate"))).lower()
+            ).inc()
+            TRAINING_GPU_SECONDS.inc(seconds)
+            TRAINING_COST_USD.inc(float(seconds * price_per_second))  # type: ignore[operator]
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._seen.pop(uid, None)
+
+
+RUN_LEDGER = _RunLedger()
 
 
 def serve(port: int) -> None:

@@ -4,27 +4,30 @@ The lifecycle's legal moves are one table (:data:`sharpml.contract.TRANSITIONS`)
 the ordered list of stages (:attr:`Pipeline.stages`). For a job in phase P, exactly one rule applies:
 
 - a stage *runs in* P: that stage observes its work (progress, then done or failed);
-- a stage *waits in* P: the job takes that stage's slot when it is its turn, else shows its place;
-- P is a resting phase no stage waits in: the pipeline ends here, the job is Complete.
+- a stage *waits in* P and applies to the job: the job takes that stage's slot when it is its turn,
+  else shows its place;
+- P is a resting phase no applicable stage waits in: the pipeline ends here, the job is Complete.
 
 So a new stage (training, delivery) is one new module added to that list, not new branches here.
 """
 
 from __future__ import annotations
 
-from sharpml.contract import RESTING, Phase
+from sharpml.contract import PIPELINE, RESTING, Phase
 from sharpml_operator import jobfiles
 from sharpml_operator.job import Job
 from sharpml_operator.settings import Settings
 from sharpml_operator.slots import QueuedJob, decide
 from sharpml_operator.snapshot import Snapshot
-from sharpml_operator.stages import SfmStage, Stage
+from sharpml_operator.stages import SfmStage, Stage, TrainingStage
 
 
 class Pipeline:
     def __init__(self, settings: Settings, stages: list[Stage] | None = None) -> None:
         self.settings = settings
-        self.stages: list[Stage] = stages if stages is not None else [SfmStage(settings)]
+        self.stages: list[Stage] = (
+            stages if stages is not None else [SfmStage(settings), TrainingStage(settings)]
+        )
         self.capacity = settings.slots()
 
     def running_in(self, phase: Phase) -> Stage | None:
@@ -70,7 +73,7 @@ class Pipeline:
         phase = job.phase
         if (stage := self.running_in(phase)) is not None:
             stage.observe(job, snap)
-        elif (stage := self.waiting_in(phase)) is not None:
+        elif (stage := self.waiting_in(phase)) is not None and stage.applies(job):
             self._queue(stage, job, snap)
         elif phase in RESTING:
             self._complete(job)
@@ -94,12 +97,11 @@ class Pipeline:
     def _complete(self, job: Job) -> None:
         """The last stage's result is the deliverable: the job is done."""
         last = next(s for s in self.stages if s.done is job.phase)
+        skipped = [s.title for s in self.stages if phase_after(s, last) and not s.applies(job)]
+        why = f" ({', '.join(skipped)}: off for this job)" if skipped else ""
         job.patch.progress(100, "complete")
         job.enter(
-            Phase.COMPLETE,
-            "Complete",
-            f"{last.title} finished; {last.result} is the job's result "
-            "(training and delivery are not enabled in this release)",
+            Phase.COMPLETE, "Complete", f"{last.title} finished; {last.result} is the job's result{why}"
         )
 
     # --- cancel and delete ---
@@ -112,3 +114,8 @@ class Pipeline:
     def stopped(self, job: Job, snap: Snapshot) -> bool:
         """Whether nothing runs for the job any more (asks what still runs to stop)."""
         return all([s.stopped(job, snap) for s in self.stages])
+
+
+def phase_after(stage: Stage, last: Stage) -> bool:
+    """Whether ``stage`` comes after ``last`` in the lifecycle."""
+    return PIPELINE.index(stage.runs_in) > PIPELINE.index(last.done)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from sharpml.config import default_data_dir, job_timeout_seconds
+from sharpml.pricing import RUNPOD_FLEX_USD_PER_SECOND
 from sharpml.settings import value
 
 #: Queue slots are per kind of resource; each stage names the kind it occupies.
 SFM_NODE = "sfm-node"
+GPU = "gpu"
 
 
 def _defaults(env: Mapping[str, str] = {}) -> dict[str, Any]:
@@ -43,7 +46,38 @@ def _defaults(env: Mapping[str, str] = {}) -> dict[str, Any]:
         "retention_check_seconds": value(env, "SHARPML_RETENTION_CHECK_SECONDS"),
         "start_timeout_seconds": value(env, "SHARPML_SFM_START_TIMEOUT_SECONDS"),
         "metrics_port": value(env, "SHARPML_METRICS_PORT"),
+        "training": TrainingSettings.from_env(env),
     }
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The Training stage: the default backend, the GPU queue, deadlines, RunPod and its price."""
+
+    backend: str
+    concurrency: int
+    timeout_seconds: int
+    retries: int
+    runpod_endpoint_id: str
+    runpod_api_key: str
+    gpu_type: str
+    #: US dollars per GPU second: the setting, else RunPod's published price of the GPU type.
+    usd_per_second: Decimal
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TrainingSettings:
+        gpu_type = value(env, "SHARPML_RUNPOD_GPU_TYPE")
+        price = value(env, "SHARPML_RUNPOD_PRICE_PER_SECOND")
+        return cls(
+            backend=value(env, "SHARPML_TRAINING_BACKEND"),
+            concurrency=value(env, "SHARPML_TRAINING_CONCURRENCY"),
+            timeout_seconds=value(env, "SHARPML_TRAINING_TIMEOUT_SECONDS"),
+            retries=value(env, "SHARPML_TRAINING_RETRIES"),
+            runpod_endpoint_id=value(env, "SHARPML_RUNPOD_ENDPOINT_ID"),
+            runpod_api_key=value(env, "SHARPML_RUNPOD_API_KEY"),
+            gpu_type=gpu_type,
+            usd_per_second=Decimal(str(price)) if price else RUNPOD_FLEX_USD_PER_SECOND[gpu_type],
+        )
 
 
 @dataclass(frozen=True)
@@ -93,6 +127,7 @@ class Settings:
     retention_check_seconds: float
     start_timeout_seconds: int
     metrics_port: int
+    training: TrainingSettings
     #: Label on every sandboxed pod; the deny-all NetworkPolicy selects it.
     sandbox_label: str = "sharpml.com/sandbox"
 
@@ -101,5 +136,5 @@ class Settings:
         return cls(**_defaults(os.environ if env is None else env))
 
     def slots(self) -> dict[str, int]:
-        """Queue slots per kind of resource (the GPU's comes with the training stage)."""
-        return {SFM_NODE: self.concurrency}
+        """Queue slots per kind of resource."""
+        return {SFM_NODE: self.concurrency, GPU: self.training.concurrency}

@@ -7,8 +7,18 @@ A job's ``input``::
                     images/ and sparse/0/ (what the SfM stage writes under colmap/scene)",
       "preview_url": "https://... presigned GET of preview.splat (optional: scored on the same views)",
       "upload": {"splat": "https://... presigned PUT", "ply": "...", "result": "..."},
-      "options": {"steps": 7000, "max_gaussians": 1000000, "max_image_size": 1600, "seed": 0}
+      "options": {"steps": 7000, "max_gaussians": 1000000, "max_image_size": 1600, "seed": 0},
+      "claim": {"request_id": "...", "put": "https://... presigned PUT signed with If-None-Match: *",
+                "get": "https://... presigned GET of the same object"}
     }
+
+``claim`` makes a request run once. RunPod has no idempotency key: it may start a job twice, and the
+operator submits a request again when it cannot know whether its first ``/run`` arrived. Before any
+work the worker creates the claim object with a conditional write (``If-None-Match: *``, covered by
+the URL's signature, so the holder can only create it); S3 lets exactly one writer succeed. A worker
+that loses (412, or 409 for a concurrent write) does no work and returns
+``{"duplicate": true, "request_id", "claimed_by"}``: the RunPod job id written in the claim, so the
+operator can follow the run that does the work.
 
 ``upload.splat`` is required, ``ply`` and ``result`` are optional; ``options`` may name only those four
 keys, bounded as the ``SHARPML_TRAIN_*`` settings are; what a request leaves out comes from those
@@ -26,6 +36,7 @@ paths), and the download is capped at ``MAX_SCENE_BYTES``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tarfile
 import tempfile
@@ -47,6 +58,8 @@ PROGRESS_INTERVAL_SECONDS = 2.0
 #: What a request may set; the rest (device, threads, holdout) is the worker's own business.
 OPTION_KEYS = ("steps", "max_gaussians", "max_image_size", "seed")
 UPLOAD_KEYS = ("splat", "ply", "result")
+CLAIM_KEYS = ("request_id", "put", "get")
+MAX_CLAIM_BYTES = 4096
 
 ProgressSink = Callable[[dict[str, Any], Any], Any]
 
@@ -65,13 +78,28 @@ def _url(value: Any, field: str, allow_http: bool) -> str:
     return value
 
 
+def parse_claim(raw: Any, allow_http: bool) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or set(raw) != set(CLAIM_KEYS):
+        raise InputError(f"claim: must be an object with exactly {', '.join(CLAIM_KEYS)}")
+    request_id = raw["request_id"]
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
+        raise InputError("claim.request_id: must be a string of 1-128 characters")
+    return {
+        "request_id": request_id,
+        "put": _url(raw["put"], "claim.put", allow_http),
+        "get": _url(raw["get"], "claim.get", allow_http),
+    }
+
+
 def parse_input(
     job_input: Any, *, allow_http: bool = False
 ) -> tuple[str, str | None, dict[str, str], TrainOptions]:
     """Validate a job's input: (scene URL, preview URL or None, upload URLs by kind, options)."""
     if not isinstance(job_input, Mapping):
         raise InputError("input: must be a JSON object")
-    unknown = set(job_input) - {"scene_url", "preview_url", "upload", "options"}
+    unknown = set(job_input) - {"scene_url", "preview_url", "upload", "options", "claim"}
     if unknown:
         raise InputError(f"input: unknown field(s) {', '.join(sorted(unknown))}")
     scene_url = _url(job_input.get("scene_url"), "scene_url", allow_http)
@@ -118,6 +146,29 @@ def _download(url: str, dest: Path, limit: int) -> int:
                 raise InputError(f"{dest.name}: larger than the {limit}-byte limit")
             out.write(chunk)
     return size
+
+
+def claim(claim: dict[str, str], job_id: str) -> str | None:
+    """Create the claim object; None when this run won it, else the RunPod job id that holds it."""
+    body = json.dumps(
+        {"request_id": claim["request_id"], "runpod_job_id": job_id, "claimed_at": time.time()}
+    ).encode()
+    request = urllib.request.Request(
+        claim["put"],
+        data=body,
+        method="PUT",
+        headers={"If-None-Match": "*", "Content-Type": "application/json", "Content-Length": str(len(body))},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS):
+            return None
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (409, 412):
+            raise
+    with urllib.request.urlopen(claim["get"], timeout=HTTP_TIMEOUT_SECONDS) as response:
+        holder = json.loads(response.read(MAX_CLAIM_BYTES))
+    held_by = holder.get("runpod_job_id") if isinstance(holder, dict) else None
+    return held_by if isinstance(held_by, str) else "unknown"
 
 
 def _upload(url: str, path: Path) -> None:
@@ -177,8 +228,16 @@ def handle(
     ``{"error": ...}``."""
     try:
         scene_url, preview_url, uploads, options = parse_input(job.get("input"), allow_http=allow_http)
+        claim_urls = parse_claim(job["input"].get("claim"), allow_http)
     except InputError as exc:
         return {"error": f"invalid input: {exc}"}
+    if claim_urls is not None:
+        try:
+            held_by = claim(claim_urls, str(job.get("id", "")))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return {"error": f"could not claim request {claim_urls['request_id']}: {exc}"}
+        if held_by is not None:
+            return {"duplicate": True, "request_id": claim_urls["request_id"], "claimed_by": held_by}
     if progress_sink is None:
         import runpod
 

@@ -28,16 +28,15 @@ from scipy.spatial import cKDTree
 
 from sharpml import splat
 from sharpml.contract import TrainResult
+from sharpml.layout import TRAIN_RESULT, TRAINED_PLY, TRAINED_SPLAT
 from sharpml.progress import ProgressHook, no_progress
 from sharpml.train.mcmc import PortableMCMC
 from sharpml.train.options import TrainOptions
 from sharpml.train.raster import TooManyPairs, rasterize
 from sharpml.train.scene import Scene, View, load_scene
 
-#: File names in the output directory.
-PLY_NAME = "point_cloud.ply"
-SPLAT_NAME = "scene.splat"
-RESULT_NAME = "result.json"
+#: File names in the output directory (the job layout's: the operator fetches them under these names).
+PLY_NAME, SPLAT_NAME, RESULT_NAME = TRAINED_PLY, TRAINED_SPLAT, TRAIN_RESULT
 PROGRESS_NAME = "progress.json"
 
 #: gsplat simple_trainer's learning rates (``means`` is multiplied by the scene extent).

@@ -1,7 +1,8 @@
-"""The stages a SharpJob goes through, each one module: structure from motion now; training and
-delivery join the pipeline (:data:`sharpml_operator.pipeline.STAGES`) as their own modules."""
+"""The stages a SharpJob goes through, each one module: structure from motion, then training;
+delivery joins the pipeline's list (:class:`sharpml_operator.pipeline.Pipeline`) as its own module."""
 
 from sharpml_operator.stages.base import Stage
 from sharpml_operator.stages.sfm import SfmStage
+from sharpml_operator.stages.training import TrainingStage
 
-__all__ = ["SfmStage", "Stage"]
+__all__ = ["SfmStage", "Stage", "TrainingStage"]

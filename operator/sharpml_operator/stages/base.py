@@ -37,6 +37,10 @@ class Stage(ABC):
     started_stamp: str
     done_stamp: str
 
+    def applies(self, job: Job) -> bool:
+        """Whether the job goes through this stage at all (training: not for ``backend: none``)."""
+        return True
+
     def percent(self, fraction: float) -> int:
         """The job's overall progress for ``fraction`` of this stage (never its end until it is done)."""
         lo, hi = self.share
