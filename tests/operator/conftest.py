@@ -222,9 +222,9 @@ def start_operator(
     """Start `sharpml-operator` for the test's namespace; keyword arguments become SHARPML_* settings."""
     started: list[OperatorProcess] = []
 
-    def start(*args: str, **settings: str) -> OperatorProcess:
+    def start(*args: str, env: dict[str, str] | None = None, **settings: str) -> OperatorProcess:
         port = _free_port()
-        env = {
+        full_env = {
             **control_plane.env(),
             "SHARPML_DATA_DIR": str(data_volume.root),
             "SHARPML_SFM_IMAGE": sfm_image,
@@ -236,10 +236,13 @@ def start_operator(
             "SHARPML_OPERATOR_POLL_SECONDS": "0.5",
             "SHARPML_RETENTION_CHECK_SECONDS": "1",
             "SHARPML_METRICS_PORT": str(port),
+            # Tests of the other stages end at the preview; the training tests name their backend.
+            "SHARPML_TRAINING_BACKEND": "none",
             **{f"SHARPML_{k.upper()}": str(v) for k, v in settings.items()},
+            **(env or {}),
         }
         op = OperatorProcess(
-            control_plane, namespace, env, tmp_path / f"operator-{len(started)}.log", port, args=list(args)
+            control_plane, namespace, full_env, tmp_path / f"operator-{len(started)}.log", port, args=list(args)
         )
         started.append(op.start())
         return op

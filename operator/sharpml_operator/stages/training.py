@@ -106,8 +106,11 @@ class TrainingStage(Stage):
 
     @property
     def storage(self) -> Storage:
+        """The bucket, created on first use (a failure leaves it to the next step)."""
         if self._storage is None:
-            self._storage = Storage.from_settings(self.settings.s3)
+            storage = Storage.from_settings(self.settings.s3)
+            storage.ensure_bucket()
+            self._storage = storage
         return self._storage
 
     def holders(self, snap: Snapshot) -> set[str]:
@@ -257,7 +260,7 @@ class TrainingStage(Stage):
         """``images/`` and ``sparse/0/`` of the SfM scene as one tar.gz: what the worker unpacks."""
         scene = directory.scene
         if not (scene / "sparse" / "0").is_dir() or not (scene / "images").is_dir():
-            raise StorageError(f"{scene}: no undistorted scene to train on", retryable=False)
+            raise StorageError(f"{scene}: no undistorted scene to train on", key=key, reason="not-found")
         with tempfile.TemporaryDirectory(prefix="sharpml-scene-") as tmp:
             archive = Path(tmp) / "scene.tar.gz"
             with tarfile.open(archive, "w:gz", compresslevel=1) as tar:  # JPEGs: gzip gains little
@@ -394,7 +397,8 @@ class TrainingStage(Stage):
         except StorageError as exc:
             if exc.retryable:
                 raise
-            job.fail("ResultMissing", f"the training run finished but its results could not be read: {exc}")
+            reason = "ResultMalformed" if exc.reason == "too-large" else "ResultMissing"
+            job.fail(reason, f"the training run finished but its results could not be read: {exc}")
             return
         try:
             result = TrainResult.read(directory.train_result)

@@ -1,0 +1,374 @@
+"""The Training stage against real components: the development control plane, the operator process, the
+SfM pod in podman, a real S3 server (versitygw: signatures and expiry checked) and the local RunPod
+with the unmodified ``runpod`` SDK on both sides — the operator's client and the trainer's worker loop
+(``python -m sharpml.train.runpod_worker``) training on CPU.
+
+What is asserted is what the issue asks of the stage: a job reaches Trained with the PLY, the
+``.splat`` and the metrics, better than the preview on held-out photos; killed operators, duplicate
+deliveries and failures never train twice, lose a job or bill a run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sharpml.contract import TrainResult, count_gaussians
+from sharpml.pricing import RUNPOD_FLEX_USD_PER_SECOND
+from tests.operator.conftest import (
+    DataVolume,
+    OperatorProcess,
+    create,
+    events_for,
+    get_job,
+    sharpjob,
+    wait_for,
+    wait_phase,
+)
+from tests.runpod_local.fixtures import wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.podman, pytest.mark.s3, pytest.mark.slow]
+
+WORKER = "sharpml.train.runpod_worker"
+#: Small and quick: enough to show the whole chain; the quality test trains longer.
+QUICK = {"backend": "runpod", "steps": 20, "maxGaussians": 2000}
+QUICK_WORKER_ENV = {"SHARPML_TRAIN_DEVICE": "cpu", "SHARPML_TRAIN_MAX_IMAGE_SIZE": "64", "SHARPML_TRAIN_THREADS": "1"}
+
+
+@dataclass
+class Training:
+    """Everything a training test runs against."""
+
+    runpod: Any  # tests.runpod_local.server.LocalRunPod
+    s3: Any  # hack/s3server.py's S3Server
+    bucket: str
+    ca_bundle: Path
+    start_worker_process: Any
+    volume: DataVolume
+
+    def operator_env(self) -> dict[str, str]:
+        client = self.runpod.client_env()
+        return {
+            **self.s3.env(),
+            "SHARPML_S3_BUCKET": self.bucket,
+            "SHARPML_RUNPOD_ENDPOINT_ID": self.runpod.endpoint_id,
+            "SHARPML_RUNPOD_API_KEY": self.runpod.api_key,
+            "SHARPML_TRAINING_BACKEND": "runpod",
+            "SHARPML_RUNPOD_GPU_TYPE": "L4",
+            "RUNPOD_ENDPOINT_BASE_URL": client["RUNPOD_ENDPOINT_BASE_URL"],
+            "REQUESTS_CA_BUNDLE": client["REQUESTS_CA_BUNDLE"],
+        }
+
+    def start_worker(self, **env: str) -> Any:
+        """The trainer's RunPod worker under the SDK's real polling loop; it trusts both servers."""
+        return self.start_worker_process(
+            WORKER, env={**QUICK_WORKER_ENV, **env, "SSL_CERT_FILE": str(self.ca_bundle)}
+        )
+
+    def objects(self, prefix: str = "") -> list[str]:
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.s3.endpoint,
+            region_name=self.s3.region,
+            aws_access_key_id=self.s3.access_key_id,
+            aws_secret_access_key=self.s3.secret_access_key,
+            verify=str(self.s3.ca_bundle),
+        )
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def claims(self) -> dict[str, dict[str, Any]]:
+        """Every claim object written, by key: who won each request id."""
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.s3.endpoint,
+            region_name=self.s3.region,
+            aws_access_key_id=self.s3.access_key_id,
+            aws_secret_access_key=self.s3.secret_access_key,
+            verify=str(self.s3.ca_bundle),
+        )
+        return {
+            k: json.loads(client.get_object(Bucket=self.bucket, Key=k)["Body"].read())
+            for k in self.objects()
+            if k.endswith("/claim.json")
+        }
+
+
+@pytest.fixture
+def training(s3_server, runpod_server, runpod_worker, data_volume, tmp_path) -> Training:
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_bytes(Path(s3_server.ca_bundle).read_bytes() + Path(runpod_server.tls[0]).read_bytes())
+    return Training(
+        runpod=runpod_server,
+        s3=s3_server,
+        bucket=f"sj-{uuid.uuid4().hex[:12]}",
+        ca_bundle=bundle,
+        start_worker_process=runpod_worker,
+        volume=data_volume,
+    )
+
+
+def _submit(training: Training, cp, namespace: str, scene_uploads, name: str, **spec_training: Any) -> None:
+    job_dir = training.volume.new_job(scene_uploads)
+    create(cp, namespace, sharpjob(name, job_dir, len(scene_uploads), training={**QUICK, **spec_training}))
+
+
+def _billed_seconds(server: Any, runpod_ids: list[str]) -> int:
+    """What RunPod reports for those runs, rounded up per run as it bills."""
+    return sum(math.ceil(server.job(rid).billed_ms / 1000) for rid in runpod_ids)
+
+
+def _assert_trained_once(training: Training, job: dict[str, Any], job_root: Path) -> None:
+    """Trained (then Complete), the outputs in place and valid, one run did the work, billed once."""
+    status = job["status"]
+    t = status["training"]
+    assert status["phase"] == "Complete", status
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Trained"]["status"] == "True" and conds["Trained"]["reason"] == "TrainingSucceeded"
+    out = job_root / "output"
+    record = TrainResult.read(out / "result.json")
+    assert record.ok and record.steps == t["steps"] and count_gaussians(out / "scene.splat") == t["gaussians"]
+    assert (out / "point_cloud.ply").read_bytes().startswith(b"ply\n")
+    # Exactly one run trained: one claim per request id, and every other run of the request was a duplicate.
+    runs = t["runs"]
+    workers = [rid for rid, r in runs.items() if not r["duplicate"] and r["status"] == "COMPLETED"]
+    assert len(workers) == 1, runs
+    claims = [c for k, c in training.claims().items() if f"/{t['requestId']}/" in k]
+    assert [c["runpod_job_id"] for c in claims] == workers
+    # Billed once: the status' GPU seconds are RunPod's figures for exactly these runs.
+    assert t["gpuSeconds"] == _billed_seconds(training.runpod, list(runs)) > 0
+    assert Decimal(t["costUSD"]) == t["gpuSeconds"] * RUNPOD_FLEX_USD_PER_SECOND["L4"]
+
+
+# --- the product path -----------------------------------------------------------------------------------
+
+
+def test_upload_to_trained_through_runpod_better_than_the_preview(
+    training, control_plane, namespace, start_operator, scene_uploads
+):
+    """Upload through the API → SfM pod → training by the RunPod worker on CPU → Trained, with the held-out
+    PSNR above the preview's; progress, events, metrics and the API's view along the way."""
+    import anyio
+
+    from tests.api.conftest import HS_SECRET, ISSUER, AUDIENCE, asgi_client, bearer, multipart
+    from sharpml_api.settings import JwtSettings, RateLimits, Settings as ApiSettings
+
+    op = start_operator(env=training.operator_env())
+    worker = training.start_worker(SHARPML_TRAIN_MAX_IMAGE_SIZE="120", SHARPML_TRAIN_THREADS="2")
+    api_settings = ApiSettings(
+        data_dir=training.volume.root,
+        namespace=namespace,
+        kubeconfig=str(control_plane.kubeconfig),
+        jwt=JwtSettings(algorithms=("HS256",), secret=HS_SECRET, issuer=ISSUER, audience=AUDIENCE),
+        rate_limits=RateLimits(per_ip_per_hour=100, per_account_per_day=100, anonymous_per_ip_per_day=100),
+        intake_workers=1,
+    )
+    photos = [u.path for u in scene_uploads]
+
+    async def upload() -> str:
+        async with asgi_client(api_settings) as api:
+            fields = {"training": "runpod", "training_steps": "200", "max_gaussians": "20000"}
+            resp = await api.post("/v1/jobs", headers=bearer("acct-train"), **multipart(photos, fields))
+            assert resp.status_code == 201, resp.text
+            return resp.json()["id"]
+
+    name = anyio.run(upload)
+    seen: list[str] = []
+
+    def training_progress(job: dict[str, Any]) -> bool:
+        stage = (job.get("status", {}).get("progress") or {}).get("stage", "")
+        if stage.startswith("training: train"):
+            seen.append(stage)
+        return job.get("status", {}).get("phase") in ("Complete", "Failed")
+
+    job = wait_for(control_plane, namespace, name, training_progress, timeout=420, what="Complete", operator=op)
+    assert seen, "the worker's progress never reached status.progress"
+    job_root = training.volume.root / job["spec"]["source"]["upload"]["jobDir"]
+    _assert_trained_once(training, job, job_root)
+    t = job["status"]["training"]
+    assert t["steps"] == 200 and t["psnr"] > t["previewPsnr"] + 1.0, t
+    assert len(t["runs"]) == 1 and t["attempt"] == 1 and t["backend"] == "runpod"
+    reasons = [e["reason"] for e in events_for(control_plane, namespace, name)]
+    assert reasons == [
+        "Queued",
+        "SfmStarted",
+        "SfmSucceeded",
+        "TrainingRequested",
+        "TrainingSubmitted",
+        "TrainingSucceeded",
+        "Complete",
+    ], reasons
+    # The worker got presigned URLs only: its environment holds no storage credentials.
+    (record,) = training.runpod.jobs()
+    assert all(k not in worker.output() for k in (training.s3.secret_access_key,))
+    assert record.input["scene_url"].startswith(training.s3.endpoint) and "X-Amz-Signature" in record.input["scene_url"]
+    metrics = op.metrics()
+    assert 'sharpml_training_runs_total{duplicate="false",status="COMPLETED"} 1.0' in metrics
+    assert f"sharpml_training_gpu_seconds_total {float(t['gpuSeconds'])}" in metrics
+
+    async def view() -> dict[str, Any]:
+        async with asgi_client(api_settings) as api:
+            resp = await api.get(f"/v1/jobs/{name}", headers=bearer("acct-train"))
+            return resp.json()
+
+    training_view = anyio.run(view)["training"]
+    assert training_view["backend"] == "runpod" and training_view["cost_usd"] == t["costUSD"]
+    assert training_view["psnr"] == t["psnr"]
+
+
+# --- exactly once ----------------------------------------------------------------------------------------
+
+
+def test_operator_killed_between_run_and_recording_the_id_trains_once(
+    training, control_plane, namespace, start_operator, scene_uploads
+):
+    """SIGKILL while /run is answered: the restarted operator submits the same request id again; the
+    worker that runs second finds the claim and does no work; the operator follows the one that did."""
+    op = start_operator(env=training.operator_env())
+    training.start_worker()
+    training.runpod.faults.delay_next(seconds=30, routes=("run",))  # /run queues the job, answers late
+    _submit(training, control_plane, namespace, scene_uploads, "killed-at-run")
+    first = wait_until(lambda: training.runpod.jobs(), 180, "the first /run")[0]
+    op.kill()
+    assert "runpodJobId" not in get_job(control_plane, namespace, "killed-at-run")["status"].get("training", {})
+    op.start()
+    job = wait_phase(control_plane, namespace, "killed-at-run", "Complete", "Failed", timeout=240, operator=op)
+    _assert_trained_once(training, job, training.volume.root / job["spec"]["source"]["upload"]["jobDir"])
+    jobs = training.runpod.jobs()
+    assert len(jobs) == 2 and {j.input["claim"]["request_id"] for j in jobs} == {job["status"]["training"]["requestId"]}
+    assert job["status"]["training"]["runs"][first.id]["duplicate"] is False  # the first one trained
+    reasons = [e["reason"] for e in events_for(control_plane, namespace, "killed-at-run")]
+    assert reasons.count("TrainingSucceeded") == 1 and "DuplicateRun" in reasons
+
+
+def test_operator_killed_while_polling_resumes_the_same_run(
+    training, control_plane, namespace, start_operator, scene_uploads
+):
+    op = start_operator(env=training.operator_env())
+    training.start_worker()
+    _submit(training, control_plane, namespace, scene_uploads, "killed-polling", steps=60)
+    wait_for(
+        control_plane,
+        namespace,
+        "killed-polling",
+        lambda j: bool((j.get("status", {}).get("training") or {}).get("runpodJobId")),
+        timeout=180,
+        what="a recorded RunPod job",
+        operator=op,
+    )
+    op.kill()
+    op.start()
+    job = wait_phase(control_plane, namespace, "killed-polling", "Complete", "Failed", timeout=240, operator=op)
+    _assert_trained_once(training, job, training.volume.root / job["spec"]["source"]["upload"]["jobDir"])
+    assert len(training.runpod.jobs()) == 1 and len(job["status"]["training"]["runs"]) == 1
+
+
+def test_a_job_runpod_delivers_twice_trains_once(training, control_plane, namespace, start_operator, scene_uploads):
+    start_operator(env=training.operator_env())
+    training.start_worker()
+    training.start_worker()
+    training.runpod.faults.deliver_twice()
+    _submit(training, control_plane, namespace, scene_uploads, "twice")
+    job = wait_phase(control_plane, namespace, "twice", "Complete", "Failed", timeout=300)
+    _assert_trained_once(training, job, training.volume.root / job["spec"]["source"]["upload"]["jobDir"])
+    (record,) = training.runpod.jobs()
+    wait_until(lambda: record.handed_out == 2 and all(d.finished for d in record.deliveries), 60, "both deliveries")
+
+
+# --- failures ----------------------------------------------------------------------------------------------
+
+
+def test_a_failed_run_is_retried_as_a_new_request(training, control_plane, namespace, start_operator, scene_uploads):
+    start_operator(env=training.operator_env())
+    training.start_worker()
+    training.runpod.faults.fail_results(1, error="CUDA error: an illegal memory access was encountered")
+    _submit(training, control_plane, namespace, scene_uploads, "retried")
+    job = wait_phase(control_plane, namespace, "retried", "Complete", "Failed", timeout=300)
+    _assert_trained_once(training, job, training.volume.root / job["spec"]["source"]["upload"]["jobDir"])
+    t = job["status"]["training"]
+    assert t["attempt"] == 2 and t["requestId"].endswith("-2")
+    assert sorted(r["status"] for r in t["runs"].values()) == ["COMPLETED", "FAILED"]
+    events = {e["reason"]: e for e in events_for(control_plane, namespace, "retried")}
+    assert "illegal memory access" in events["TrainingRetry"]["message"]
+
+
+def test_retries_spent_fail_the_job_with_the_workers_error(
+    training, control_plane, namespace, start_operator, scene_uploads
+):
+    start_operator(env=training.operator_env(), training_retries="0")
+    training.start_worker()
+    training.runpod.faults.fail_results(1, error="CUDA out of memory")
+    _submit(training, control_plane, namespace, scene_uploads, "failing")
+    job = wait_phase(control_plane, namespace, "failing", "Complete", "Failed", timeout=300)
+    status = job["status"]
+    assert status["phase"] == "Failed" and "CUDA out of memory" in status["message"]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Failed"]["reason"] == "TrainingFailed" and conds["Trained"]["status"] == "False"
+    assert status["training"]["gpuSeconds"] == _billed_seconds(training.runpod, list(status["training"]["runs"]))
+
+
+def test_runpod_errors_back_off_and_never_lose_the_job(
+    training, control_plane, namespace, start_operator, scene_uploads
+):
+    """429s, 502s and dropped connections on /run and /status: backoff (an event, a message), then done."""
+    op = start_operator(env=training.operator_env())
+    training.start_worker()
+    training.runpod.faults.fail_next(3, status=429, routes=("run",))
+    training.runpod.faults.fail_next(2, status=502, routes=("status",))
+    training.runpod.faults.drop_next(2, routes=("status",))
+    _submit(training, control_plane, namespace, scene_uploads, "flaky")
+    job = wait_phase(control_plane, namespace, "flaky", "Complete", "Failed", timeout=300, operator=op)
+    _assert_trained_once(training, job, training.volume.root / job["spec"]["source"]["upload"]["jobDir"])
+    assert len(training.runpod.jobs()) == 1  # a refused /run queued nothing; the answered one is followed
+    reasons = [e["reason"] for e in events_for(control_plane, namespace, "flaky")]
+    assert "BackendUnavailable" in reasons
+
+
+def test_a_run_past_its_execution_timeout_fails_the_job(
+    training, control_plane, namespace, start_operator, scene_uploads
+):
+    start_operator(env=training.operator_env(), training_timeout_seconds="60")
+    training.runpod.faults.lose_results(1)  # the worker's result never arrives: RunPod times the job out
+    training.start_worker()
+    _submit(training, control_plane, namespace, scene_uploads, "timeout")
+    job = wait_phase(control_plane, namespace, "timeout", "Complete", "Failed", timeout=300)
+    status = job["status"]
+    assert status["phase"] == "Failed" and {c["type"]: c for c in status["conditions"]}["Failed"]["reason"] == "Timeout"
+    (record,) = training.runpod.jobs()
+    assert record.status == "TIMED_OUT"
+
+
+def test_cancel_during_training_stops_the_run_and_removes_its_objects(
+    training, control_plane, namespace, start_operator, scene_uploads
+):
+    op = start_operator(env=training.operator_env())
+    training.runpod.faults.hold_queue()  # no worker takes it: the run waits IN_QUEUE
+    _submit(training, control_plane, namespace, scene_uploads, "cancelled")
+    wait_for(
+        control_plane,
+        namespace,
+        "cancelled",
+        lambda j: bool((j.get("status", {}).get("training") or {}).get("runpodJobId")),
+        timeout=180,
+        what="a submitted run",
+        operator=op,
+    )
+    uid = get_job(control_plane, namespace, "cancelled")["metadata"]["uid"]
+    assert training.objects(f"sharpml/jobs/{uid}/")
+    control_plane.kubectl("patch", "sj", "cancelled", "-n", namespace, "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    job = wait_phase(control_plane, namespace, "cancelled", "Cancelled", "Failed", "Complete", timeout=60, operator=op)
+    assert job["status"]["phase"] == "Cancelled"
+    (record,) = training.runpod.jobs()
+    assert record.status == "CANCELLED"
+    assert training.objects(f"sharpml/jobs/{uid}/") == []
