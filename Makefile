@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SHARPML_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: demo test fuzz lint venv clean deps-core deps-test k8s-tools helm cluster-up cluster-down
+.PHONY: demo test fuzz lint venv clean deps-core deps-test k8s-tools helm s3-tools cluster-up cluster-down s3-up s3-down
 
 ## venv: the project's virtual environment with every extra installed (re-run when pyproject changes).
 ## The `train` extra (torch + its CUDA libraries: 2.9 GB of wheels) comes from a wheelhouse under
@@ -27,8 +27,9 @@ venv: $(BIN)/sharpml
 demo: deps-core venv
 	$(BIN)/sharpml demo
 
-## test: the whole test suite (what CI runs); builds the control plane binaries first (cached: a no-op)
-test: deps-test venv k8s-tools
+## test: the whole test suite (what CI runs); builds the control plane binaries and the S3 server first
+## (cached: a no-op)
+test: deps-test venv k8s-tools s3-tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -64,6 +65,11 @@ clean:
 k8s-tools:
 	hack/k8s-tools/build.sh
 
+## s3-tools: versitygw, the S3 server of the storage tests (pinned in hack/s3/go.mod), built once into
+## ~/.cache/sharpml/versitygw-<version>/; rebuilt only when the pin changes
+s3-tools:
+	hack/s3/build.sh
+
 ## helm: helm for chart tests (own module, hack/k8s-tools/helm/go.mod), built on demand into the same cache
 helm:
 	hack/k8s-tools/build.sh helm
@@ -74,3 +80,10 @@ cluster-up: k8s-tools
 
 cluster-down:
 	$(PYTHON) hack/devcluster.py down
+
+## s3-up / s3-down: versitygw over TLS on 127.0.0.1 (.s3/); `up` prints the SHARPML_S3_* variables to export
+s3-up: s3-tools venv
+	$(BIN)/python hack/s3server.py up
+
+s3-down:
+	$(PYTHON) hack/s3server.py down

@@ -421,6 +421,43 @@ SETTINGS: tuple[Setting, ...] = (
         "operator",
         0,
     ),
+    # The object store between the operator and the GPU worker (sharpml_operator.storage): scenes go up,
+    # results come back, through presigned URLs so that the worker holds no credentials.
+    Setting(
+        "SHARPML_S3_ENDPOINT",
+        "str",
+        "",
+        "S3 endpoint URL (`https://...`; a MinIO, versitygw, R2 ...)",
+        "operator",
+        shown="AWS S3",
+    ),
+    Setting("SHARPML_S3_REGION", "str", "us-east-1", "S3 region (signs requests and URLs)", "operator"),
+    Setting("SHARPML_S3_BUCKET", "str", "sharpml", "bucket of the jobs' objects", "operator"),
+    Setting("SHARPML_S3_PREFIX", "str", "sharpml/", "key prefix of every object SharpML writes", "operator"),
+    Setting(
+        "SHARPML_S3_ACCESS_KEY_ID",
+        "secret",
+        "",
+        "S3 access key id",
+        "operator",
+        shown="boto3's credential chain",
+    ),
+    Setting(
+        "SHARPML_S3_SECRET_ACCESS_KEY",
+        "secret",
+        "",
+        "S3 secret access key (set with the key id, or neither)",
+        "operator",
+        shown="boto3's credential chain",
+    ),
+    Setting(
+        "SHARPML_S3_CA_BUNDLE",
+        "path",
+        None,
+        "PEM file of the CAs trusted for the endpoint",
+        "operator",
+        shown="the system's",
+    ),
 )
 REGISTRY: dict[str, Setting] = {s.env: s for s in SETTINGS}
 assert len(REGISTRY) == len(SETTINGS), "a setting is declared twice"

@@ -1,4 +1,5 @@
-"""Shared fixtures. The Kubernetes ones run a real control plane (hack/devcluster.py), never a mock.
+"""Shared fixtures. The Kubernetes ones run a real control plane (hack/devcluster.py), never a mock;
+`s3_server` runs a real S3 server (hack/s3server.py).
 
 A test that takes `namespace` (or `control_plane`) gets the development control plane: started once per
 pytest session, or reused when `make cluster-up` already runs it. Each test gets its own namespace, deleted
@@ -40,14 +41,20 @@ SFM_TOLERATION = {"key": "sharpml.com/sfm", "operator": "Equal", "value": "true"
 WORKER_NODE_NAME = "worker-1"
 
 
-def _load_devcluster():
-    """Import hack/devcluster.py by path: it is a script, not part of an installed package."""
-    spec = importlib.util.spec_from_file_location("sharpml_devcluster", REPO / "hack" / "devcluster.py")
+def _load_hack(name: str):
+    """Import hack/NAME.py by path: the scripts there are not part of an installed package."""
+    spec = importlib.util.spec_from_file_location(f"sharpml_{name}", REPO / "hack" / f"{name}.py")
     assert spec and spec.loader
+    if spec.name in sys.modules:
+        return sys.modules[spec.name]
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def _load_devcluster():
+    return _load_hack("devcluster")
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,26 @@ def control_plane() -> Iterator[ControlPlane]:
     finally:
         if started and not os.environ.get("SHARPML_KEEP_CLUSTER"):
             dc.down(layout, wipe=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3 server (versitygw, posix backend) over TLS on 127.0.0.1, once per session, then stopped.
+
+    Yields hack/s3server.py's ``S3Server``: ``endpoint`` (https://127.0.0.1:PORT), ``region``,
+    ``access_key_id``, ``secret_access_key``, ``ca_bundle`` (the throw-away CA's PEM file), ``data_dir``,
+    ``log``, ``env()`` (the SHARPML_S3_* variables and AWS_CA_BUNDLE) and ``ssl_context()``. No bucket is
+    created. A missing binary is a failure with the command to run, never a skip.
+    """
+    s3 = _load_hack("s3server")
+    try:
+        server = s3.start(tmp_path_factory.mktemp("s3"))
+    except s3.S3ServerError as e:
+        pytest.fail(f"S3 server unavailable: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        s3.stop(server)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ pycolmap, scipy or Pillow (the operator's image carries no COLMAP).
 A virtualenv with exactly the `operator` extra's requirements (hack/requirements.py; cached under
 ~/.cache/sharpml/venvs, keyed by those requirements) runs the operator's code from this checkout. The
 script below drives the real Pipeline: a Reconstructing job whose SfM pod succeeded is read back from
-the files the pod wrote and moved to Reconstructed, then Complete; a queued job gets its position.
+the files the pod wrote and moved to Reconstructed, then Complete; a queued job gets its position; the
+storage module presigns a conditional PUT.
 """
 
 from __future__ import annotations
@@ -50,8 +51,15 @@ colmap.mkdir(parents=True)
 SfmResult(ok=True, reason=None, total=8, registered=8, points=900, mean_reprojection_error=0.5).write(
     colmap / "result.json")
 (colmap / "preview.splat").write_bytes(bytes(32 * 900))
-settings = Settings.from_env({"SHARPML_DATA_DIR": str(data)})
+settings = Settings.from_env({"SHARPML_DATA_DIR": str(data), "SHARPML_S3_ENDPOINT": "https://s3.example:9000",
+                              "SHARPML_S3_ACCESS_KEY_ID": "id", "SHARPML_S3_SECRET_ACCESS_KEY": "secret"})
 pipeline = Pipeline(settings)
+
+# The object store's client (boto3) comes with the extra; presigning is local, so no server is needed.
+from sharpml_operator.storage import IF_NONE_MATCH, Storage
+claim = Storage.from_settings(settings.s3).presign_put("claims/r1", 60, if_none_match=True)
+assert claim.startswith("https://s3.example:9000/sharpml/sharpml/claims/r1?"), claim
+assert "if-none-match" in claim and IF_NONE_MATCH == {"If-None-Match": "*"}, claim
 
 def job(name, phase, **status):
     meta = {"uid": name, "name": name, "namespace": "ns", "generation": 1,
@@ -111,3 +119,4 @@ def test_operator_runs_with_only_its_extra_installed(tmp_path: Path) -> None:
     assert out["events"] == ["SfmSucceeded", "Complete"]
     assert not {m.split(".")[0] for m in out["modules"]} & set(FORBIDDEN)
     assert "kopf" in out["modules"] and "sharpml_operator.stages.sfm" in out["modules"]
+    assert "boto3" in out["modules"] and "sharpml_operator.storage" in out["modules"]
