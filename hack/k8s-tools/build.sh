@@ -3,6 +3,9 @@
 #
 #   hack/k8s-tools/build.sh            # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd
 #   hack/k8s-tools/build.sh helm       # helm (separate module in ./helm, built only when chart work needs it)
+#   hack/k8s-tools/build.sh kubeconform  # kubeconform (./kubeconform): chart manifests against local schemas
+#   hack/k8s-tools/build.sh promtool   # promtool (./promtool, Prometheus): `promtool test rules` on the alerts
+#   hack/k8s-tools/build.sh monitoring-crds  # ServiceMonitor + PrometheusRule CRDs (prometheus-operator module)
 #   hack/k8s-tools/build.sh --print-dir  # where the binaries live
 #
 # Binaries are cached outside the work tree, in ${SHARPML_CACHE:-~/.cache/sharpml}/k8s-<version>/, with a
@@ -87,5 +90,28 @@ case "$what" in
     build helm helm.sh/helm/v3/cmd/helm "$here/helm"
     echo "$want" > "$stamp"
     ;;
-  *) echo "build.sh: unknown target '$what' (core, helm, --print-dir)" >&2; exit 2 ;;
+  kubeconform|promtool)
+    # A tool module of its own (its `tool` line names the package), so its dependencies move no other pin.
+    stamp="$out/.stamp-$what"
+    pkg="$(awk '$1 == "tool" {print $2; exit}' "$here/$what/go.mod")"
+    want="$(pin_hash "$here/$what/go.mod" "$here/$what/go.sum")"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$out/$what" ]; then exit 0; fi
+    rm -f "$stamp"
+    ldflags="-s -w"
+    build "$what" "$pkg" "$here/$what"
+    echo "$want" > "$stamp"
+    ;;
+  monitoring-crds)
+    # The Prometheus Operator's CRDs, from its Go module (checked against the checksum database): the chart
+    # tests install them so that the ServiceMonitor and PrometheusRule are validated by a real apiserver.
+    version=v0.85.0
+    dest="$out/monitoring-crds-$version"
+    [ -s "$dest/monitoring.coreos.com_prometheusrules.yaml" ] && exit 0
+    dir="$(cd "$here/promtool" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$version" \
+      | awk -F'"' '$2 == "Dir" {print $4}')"
+    mkdir -p "$dest.tmp"
+    cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,prometheusrules}.yaml "$dest.tmp/"
+    chmod u+w "$dest.tmp"/*; rm -rf "$dest"; mv "$dest.tmp" "$dest"
+    ;;
+  *) echo "build.sh: unknown target '$what' (core, helm, kubeconform, promtool, monitoring-crds, --print-dir)" >&2; exit 2 ;;
 esac
