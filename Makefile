@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SHARPML_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: demo test fuzz lint venv clean deps-core deps-test k8s-tools helm cluster-up cluster-down
+.PHONY: demo test fuzz lint venv clean deps-core deps-test k8s-tools helm chart-tools chart-values cluster-up cluster-down
 
 ## venv: the project's virtual environment with every extra installed (re-run when pyproject changes).
 ## The `train` extra (torch + its CUDA libraries: 2.9 GB of wheels) comes from a wheelhouse under
@@ -28,7 +28,7 @@ demo: deps-core venv
 	$(BIN)/sharpml demo
 
 ## test: the whole test suite (what CI runs); builds the control plane binaries first (cached: a no-op)
-test: deps-test venv k8s-tools
+test: deps-test venv k8s-tools chart-tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -67,6 +67,18 @@ k8s-tools:
 ## helm: helm for chart tests (own module, hack/k8s-tools/helm/go.mod), built on demand into the same cache
 helm:
 	hack/k8s-tools/build.sh helm
+
+## chart-tools: what tests/chart needs, pinned and cached like the rest: helm, kubeconform, promtool (each its
+## own module under hack/k8s-tools/) and the Prometheus Operator's CRDs; a no-op once built
+chart-tools:
+	hack/k8s-tools/build.sh helm
+	hack/k8s-tools/build.sh kubeconform
+	hack/k8s-tools/build.sh promtool
+	hack/k8s-tools/build.sh monitoring-crds
+
+## chart-values: regenerate the chart's settings (values.yaml block, values.schema.json) from sharpml/settings.py
+chart-values:
+	$(PYTHON) hack/chart_settings.py --write
 
 ## cluster-up / cluster-down: the development control plane on 127.0.0.1 (.cluster/kubeconfig, .cluster/bin/kubectl)
 cluster-up: k8s-tools

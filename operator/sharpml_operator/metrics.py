@@ -24,7 +24,9 @@ STAGE_SECONDS = Histogram(
 FAILURES = Counter("sharpml_job_failures_total", "SharpJobs that ended Failed, by reason.", ["reason"])
 # The denominator of the failure-rate alert (the chart's PrometheusRule): every job that finished.
 FINISHED = Counter(
-    "sharpml_jobs_finished_total", "SharpJobs that reached a terminal phase (Complete, Failed, Cancelled).", ["phase"]
+    "sharpml_jobs_finished_total",
+    "SharpJobs that reached a terminal phase (Complete, Failed, Cancelled).",
+    ["phase"],
 )
 RETENTION_DELETIONS = Counter(
     "sharpml_retention_deletions_total", "Finished SharpJobs deleted with their files after their TTL."
