@@ -70,11 +70,17 @@ helm:
 
 ## chart-tools: what tests/chart needs, pinned and cached like the rest: helm, kubeconform, promtool (each its
 ## own module under hack/k8s-tools/) and the Prometheus Operator's CRDs; a no-op once built
-chart-tools:
+CHECKOV_VENV = $(HOME)/.cache/sharpml/venvs/checkov-$(shell sha256sum hack/checkov.txt | cut -c1-12)
+chart-tools: $(CHECKOV_VENV)/bin/checkov
 	hack/k8s-tools/build.sh helm
 	hack/k8s-tools/build.sh kubeconform
 	hack/k8s-tools/build.sh promtool
 	hack/k8s-tools/build.sh monitoring-crds
+
+$(CHECKOV_VENV)/bin/checkov: hack/checkov.txt
+	rm -rf $(CHECKOV_VENV) && $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q -r hack/checkov.txt
+	@touch $@
 
 ## chart-values: regenerate the chart's settings (values.yaml block, values.schema.json) from sharpml/settings.py
 chart-values:

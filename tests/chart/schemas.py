@@ -18,24 +18,26 @@ from typing import Any
 LOCATION = "{{ .Group }}/{{ .ResourceAPIVersion }}/{{ .ResourceKind }}.json"
 
 
-def _fix(node: Any) -> Any:
-    if isinstance(node, dict):
-        fmt = node.get("format")
-        if fmt == "int-or-string":  # a port or a percentage may be either
-            return {"oneOf": [{"type": "string"}, {"type": "integer"}]}
-        if fmt == "quantity" or node.get("x-kubernetes-int-or-string"):
-            return {"oneOf": [{"type": "string"}, {"type": "number"}]}
-        out = {k: _fix(v) for k, v in node.items()}
-        if (
-            "properties" in out
-            and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")
-        ):
+def _fix(schema: Any) -> Any:
+    """One schema node, walked by position (a field may be named "format" or "properties" itself)."""
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("format") == "int-or-string" or schema.get("x-kubernetes-int-or-string") is True:
+        return {"oneOf": [{"type": "string"}, {"type": "integer"}]}  # a port or a percentage
+    if schema.get("format") == "quantity":
+        return {"oneOf": [{"type": "string"}, {"type": "number"}]}
+    out = dict(schema)
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {k: _fix(v) for k, v in out["properties"].items()}
+        if "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
             out["additionalProperties"] = False
-        return out
-    if isinstance(node, list):
-        return [_fix(v) for v in node]
-    return node
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(out.get(key), dict):
+            out[key] = _fix(out[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if isinstance(out.get(key), list):
+            out[key] = [_fix(v) for v in out[key]]
+    return out
 
 
 def _refs(node: Any, found: set[str]) -> None:
