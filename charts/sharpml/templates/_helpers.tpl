@@ -159,12 +159,12 @@ groups:
         labels: {severity: critical}
         annotations:
           summary: Less than {{ div (int64 $r.dataFreeBytes) 1000000000 }} GB free on the data volume
-          description: '{{ "{{" }} $value | humanize1024 {{ "}}" }}B free on the shared data volume.'
+          description: '{{ "{{" }} $value | humanize {{ "}}" }}B free on the shared data volume.'
       - alert: SharpMLMemoryHigh
         expr: max by (pod) (process_resident_memory_bytes{ {{- $procs }}}) > {{ int64 $r.memoryBytes }}
         for: 5m
         labels: {severity: warning}
         annotations:
           summary: A SharpML process uses more than {{ div (int64 $r.memoryBytes) 1000000000 }} GB of memory
-          description: '{{ "{{" }} $labels.pod {{ "}}" }} has {{ "{{" }} $value | humanize1024 {{ "}}" }}B resident.'
+          description: '{{ "{{" }} $labels.pod {{ "}}" }} has {{ "{{" }} $value | humanize {{ "}}" }}B resident.'
 {{- end -}}
