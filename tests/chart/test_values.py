@@ -222,3 +222,19 @@ def test_network_policies(rendered: list[dict[str, Any]]) -> None:
     assert operator["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
     ports = {p["port"] for rule in operator["egress"] for p in rule["ports"]}
     assert {53, 443, 6443, 587} <= ports
+
+
+def test_images_default_to_the_project_version(helm: Helm, rendered: list[dict[str, Any]]) -> None:
+    """hack/build-images.sh tags images with pyproject's version; the chart's appVersion is that version."""
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"] == version
+    for component in ("api", "operator"):
+        (c,) = find(rendered, "Deployment", f"-{component}")["spec"]["template"]["spec"]["containers"]
+        assert c["image"] == f"localhost/sharpml-{component}:{version}"
+    digest = "sha256:" + "0" * 64
+    (c,) = find(helm.template(f"image.api.digest={digest}"), "Deployment", "-api")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    assert c["image"] == f"localhost/sharpml-api@{digest}"

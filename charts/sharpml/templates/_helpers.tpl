@@ -111,8 +111,14 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{/* repository:tag (the appVersion when tag is ""), or repository@digest. Call with (list $ .Values.image.api). */}}
 {{- define "sharpml.image" -}}
-{{- printf "%s:%s" .repository .tag -}}
+{{- $ctx := index . 0 -}}{{- $image := index . 1 -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default $ctx.Chart.AppVersion $image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
