@@ -138,6 +138,13 @@ def test_install_then_upgrade(control_plane, crds, namespace: str, helm: Helm) -
     args = [str(CHART), "-n", namespace]
     install = helm.run("install", release, *args, *[f"--set={s}" for s in sets], env=env)
     assert "PodSecurity" not in install.stderr, install.stderr  # no "would violate PodSecurity" warnings
+    # NOTES.txt: how to reach the API, submit a SharpJob and watch it.
+    for hint in (
+        "-F files=@IMG_0005.jpg http://api.sharpml.example/v1/jobs",  # through the Ingress (enabled here)
+        f"kubectl -n {namespace} apply -f examples/sharpjob-minimal.yaml",
+        f"kubectl -n {namespace} get sharpjobs -w",
+    ):
+        assert hint in install.stdout, install.stdout
     manifest = [
         d
         for d in yaml.safe_load_all(helm.run("get", "manifest", release, "-n", namespace, env=env).stdout)
