@@ -84,6 +84,13 @@ case "$what" in
     stamp="$out/.stamp-helm"
     helm_version="$(awk '$1 == "helm.sh/helm/v3" && $2 ~ /^v/ {print $2; exit}' "$here/helm/go.mod")"
     ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+    # As helm's own Makefile: the Kubernetes version `helm template` and `helm lint` assume is its client-go's
+    # (v0.37 -> 1.37), not the source's fallback 1.20, which a chart's kubeVersion constraint would refuse.
+    client_go="$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$here/helm/go.mod")"
+    kminor="$(echo "$client_go" | cut -d. -f2)"
+    for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+      ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$kminor"
+    done
     want="$(pin_hash "$here/helm/go.mod" "$here/helm/go.sum")"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$out/helm" ]; then exit 0; fi
     rm -f "$stamp"
