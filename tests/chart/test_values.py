@@ -239,3 +239,12 @@ def test_images_default_to_the_project_version(helm: Helm, rendered: list[dict[s
         "spec"
     ]["containers"]
     assert c["image"] == f"localhost/sharpml-api@{digest}"
+
+
+def test_packaged_chart_carries_the_crd(helm: Helm, tmp_path) -> None:
+    """`helm package` follows files/ to crds/: the archive renders the same CRD."""
+    helm.run("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("sharpml-*.tgz")
+    out = helm.run("template", "sml", str(archive), "--namespace", "sharpml").stdout
+    crd = find([d for d in yaml.safe_load_all(out) if d], "CustomResourceDefinition")
+    assert crd["spec"] == yaml.safe_load((REPO / "crds/sharpjobs.sharpml.com.yaml").read_text())["spec"]
