@@ -68,7 +68,8 @@ k8s-tools:
 helm:
 	hack/k8s-tools/build.sh helm
 
-## chart-tools: what tests/chart needs, pinned and cached like the rest: helm, kubeconform, promtool (each its
+## chart-tools: what tests/chart needs, pinned and cached like the rest: checkov in its own venv (hack/checkov.txt:
+## it pins boto3 and packaging, which must not move .venv), helm, kubeconform, promtool (each its
 ## own module under hack/k8s-tools/) and the Prometheus Operator's CRDs; a no-op once built
 CHECKOV_VENV = $(HOME)/.cache/sharpml/venvs/checkov-$(shell sha256sum hack/checkov.txt | cut -c1-12)
 chart-tools: $(CHECKOV_VENV)/bin/checkov
