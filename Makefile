@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SHARPML_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: demo test fuzz lint venv clean deps-core deps-test k8s-tools helm s3-tools cluster-up cluster-down s3-up s3-down
+.PHONY: demo test fuzz lint venv clean deps-core deps-test k8s-tools helm s3-tools chart-tools chart-values cluster-up cluster-down s3-up s3-down
 
 ## venv: the project's virtual environment with every extra installed (re-run when pyproject changes).
 ## The `train` extra (torch + its CUDA libraries: 2.9 GB of wheels) comes from a wheelhouse under
@@ -27,9 +27,9 @@ venv: $(BIN)/sharpml
 demo: deps-core venv
 	$(BIN)/sharpml demo
 
-## test: the whole test suite (what CI runs); builds the control plane binaries and the S3 server first
-## (cached: a no-op)
-test: deps-test venv k8s-tools s3-tools
+## test: the whole test suite (what CI runs); builds the control plane binaries, the S3 server and the
+## chart's tools first (cached: a no-op)
+test: deps-test venv k8s-tools s3-tools chart-tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -73,6 +73,25 @@ s3-tools:
 ## helm: helm for chart tests (own module, hack/k8s-tools/helm/go.mod), built on demand into the same cache
 helm:
 	hack/k8s-tools/build.sh helm
+
+## chart-tools: what tests/chart needs, pinned and cached like the rest: checkov in its own venv (hack/checkov.txt:
+## it pins boto3 and packaging, which must not move .venv), helm, kubeconform, promtool (each its
+## own module under hack/k8s-tools/) and the Prometheus Operator's CRDs; a no-op once built
+CHECKOV_VENV = $(HOME)/.cache/sharpml/venvs/checkov-$(shell sha256sum hack/checkov.txt | cut -c1-12)
+chart-tools: $(CHECKOV_VENV)/bin/checkov
+	hack/k8s-tools/build.sh helm
+	hack/k8s-tools/build.sh kubeconform
+	hack/k8s-tools/build.sh promtool
+	hack/k8s-tools/build.sh monitoring-crds
+
+$(CHECKOV_VENV)/bin/checkov: hack/checkov.txt
+	rm -rf $(CHECKOV_VENV) && $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q -r hack/checkov.txt
+	@touch $@
+
+## chart-values: regenerate the chart's settings (values.yaml block, values.schema.json) from sharpml/settings.py
+chart-values:
+	$(PYTHON) hack/chart_settings.py --write
 
 ## cluster-up / cluster-down: the development control plane on 127.0.0.1 (.cluster/kubeconfig, .cluster/bin/kubectl)
 cluster-up: k8s-tools

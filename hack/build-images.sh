@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Build the SfM image (images/sfm/Dockerfile) with podman; prints the image reference on stdout.
+# Build the project's images with podman; prints each image reference on stdout, one a line, in the order asked.
 #
-#   hack/build-images.sh            # localhost/sharpml-sfm:<content hash>, also tagged :latest
+#   hack/build-images.sh                  # the SfM image: localhost/sharpml-sfm:<content hash>, also :latest
+#   hack/build-images.sh api operator     # localhost/sharpml-api, localhost/sharpml-operator (the chart's)
+#   hack/build-images.sh all              # sfm, api, operator
 #   SHARPML_BASE_IMAGE=python:3.11-slim-bookworm hack/build-images.sh   # explicit base
 #
+# Each image NAME is images/NAME/Dockerfile with the requirements of the pyproject extra of the same name
+# (hack/requirements.py NAME) and only the sources it runs: sharpml/, plus api/ or operator/. Besides
+# :<content hash> and :latest it is tagged with the project's version (pyproject.toml), the chart's appVersion.
+#
 # Cached: the image is tagged with a hash of everything that goes into it (Dockerfile, pyproject.toml,
-# sharpml/, base image), kept in podman's storage and saved under ~/.cache/sharpml/images/, so a re-run
+# its sources, base image), kept in podman's storage and saved under ~/.cache/sharpml/images/, so a re-run
 # with unchanged inputs is a no-op and a machine with a fresh podman store but a kept ~/.cache loads it.
 # Base image: SHARPML_BASE_IMAGE if set; else the official python slim image when it is present or can be
 # pulled; else (no registry, like the CI machines) a Debian bookworm base made by mmdebstrap from apt,
@@ -16,7 +22,6 @@ CACHE="${SHARPML_IMAGE_CACHE:-$HOME/.cache/sharpml/images}"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$REPO/hack/containers.conf}"
 OFFICIAL_BASE="docker.io/library/python:3.11-slim-bookworm"
 LOCAL_BASE="localhost/sharpml-base:bookworm"
-IMAGE="${SHARPML_SFM_IMAGE_NAME:-localhost/sharpml-sfm}"
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
 mkdir -p "$CACHE"
 log() { echo "build-images: $*" >&2; }
@@ -73,35 +78,53 @@ base="$(pick_base)"
 # has the same content), else the image id.
 base_id="$(podman image inspect -f '{{index .Labels "sharpml.base"}}' "$base")"
 [ -n "$base_id" ] && [ "$base_id" != "<no value>" ] || base_id="$(podman image inspect -f '{{.Id}}' "$base")"
-hash="$(
-  cd "$REPO"
-  { echo "$base_id"; cat images/sfm/Dockerfile pyproject.toml hack/requirements.py;
-    find sharpml -name '*.py' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16
-)"
-ref="$IMAGE:$hash"
-archive="$CACHE/sfm-$hash.tar"
-if have_image "$ref"; then
-  log "up to date: $ref"
-elif [ -s "$archive" ]; then
-  log "loading cached $archive"
-  podman load --quiet -i "$archive" >/dev/null
-else
-  log "building $ref from $base"
-  ca_mount=()
-  [ -f "$HOST_CA" ] && ca_mount=(-v "$HOST_CA:/etc/ssl/certs/ca-certificates.crt:ro")
-  # The build context holds only what the image needs (no .venv, .cluster, .data from the checkout).
-  ctx="$(mktemp -d "${TMPDIR:-/tmp}/sharpml-ctx.XXXXXX")"
-  trap 'rm -rf "$ctx"' EXIT
-  cp "$REPO/pyproject.toml" "$ctx/"
-  python3 "$REPO/hack/requirements.py" sfm > "$ctx/requirements.txt"
-  mkdir -p "$ctx/operator" "$ctx/api"  # package roots named in pyproject; not part of this image
-  (cd "$REPO" && find sharpml -name '*.py' -exec cp --parents {} "$ctx/" \;)
-  start=$(date +%s)
-  podman build --quiet "${ca_mount[@]}" --build-arg "BASE_IMAGE=$base" \
-    --label "sharpml.content=$hash" -t "$ref" -f "$REPO/images/sfm/Dockerfile" "$ctx" >&2
-  log "built $ref in $(( $(date +%s) - start )) s"
-  rm -f "$CACHE"/sfm-*.tar
-  podman save --quiet -o "$archive.tmp" "$ref" && mv "$archive.tmp" "$archive"
-fi
-podman tag "$ref" "$IMAGE:latest"
-echo "$ref"
+version="$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$REPO/pyproject.toml")"
+
+# build_image NAME: images/NAME/Dockerfile with the extra NAME's requirements; prints the reference.
+build_image() {
+  local name="$1" image sources
+  case "$name" in
+    sfm) image="${SHARPML_SFM_IMAGE_NAME:-localhost/sharpml-sfm}"; sources=(sharpml) ;;
+    api) image="${SHARPML_API_IMAGE_NAME:-localhost/sharpml-api}"; sources=(sharpml api) ;;
+    operator) image="${SHARPML_OPERATOR_IMAGE_NAME:-localhost/sharpml-operator}"; sources=(sharpml operator) ;;
+    *) log "unknown image '$name' (sfm, api, operator, all)"; exit 2 ;;
+  esac
+  local hash
+  hash="$(
+    cd "$REPO"
+    { echo "$base_id"; cat "images/$name/Dockerfile" pyproject.toml hack/requirements.py;
+      find "${sources[@]}" -name '*.py' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16
+  )"
+  local ref="$image:$hash" archive="$CACHE/$name-$hash.tar"
+  if have_image "$ref"; then
+    log "up to date: $ref"
+  elif [ -s "$archive" ]; then
+    log "loading cached $archive"
+    podman load --quiet -i "$archive" >/dev/null
+  else
+    log "building $ref from $base"
+    local ca_mount=()
+    [ -f "$HOST_CA" ] && ca_mount=(-v "$HOST_CA:/etc/ssl/certs/ca-certificates.crt:ro")
+    # The build context holds only what the image needs (no .venv, .cluster, .data from the checkout).
+    local ctx
+    ctx="$(mktemp -d "${TMPDIR:-/tmp}/sharpml-ctx.XXXXXX")"
+    cp "$REPO/pyproject.toml" "$ctx/"
+    python3 "$REPO/hack/requirements.py" "$name" > "$ctx/requirements.txt"
+    mkdir -p "$ctx/operator" "$ctx/api"  # package roots named in pyproject; empty unless this image's
+    (cd "$REPO" && find "${sources[@]}" -name '*.py' -exec cp --parents {} "$ctx/" \;)
+    local start; start=$(date +%s)
+    podman build --quiet "${ca_mount[@]}" --build-arg "BASE_IMAGE=$base" \
+      --label "sharpml.content=$hash" -t "$ref" -f "$REPO/images/$name/Dockerfile" "$ctx" >&2
+    log "built $ref in $(( $(date +%s) - start )) s, $(podman image inspect -f '{{.Size}}' "$ref" | awk '{printf "%.0f MB", $1/1e6}')"
+    rm -rf "$ctx"
+    rm -f "$CACHE/$name"-*.tar
+    podman save --quiet -o "$archive.tmp" "$ref" && mv "$archive.tmp" "$archive"
+  fi
+  podman tag "$ref" "$image:latest" "$image:$version"
+  echo "$ref"
+}
+
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(sfm)
+[ "${names[*]}" != all ] || names=(sfm api operator)
+for name in "${names[@]}"; do build_image "$name"; done

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from sharpml_api.problems import ApiProblem
 
@@ -44,6 +44,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # Resident memory and CPU of this process (the chart's memory alert); the default registry has them,
+        # this per-app one needs its own.
+        ProcessCollector(registry=r)
         self.requests = Counter(
             "sharpml_api_requests",
             "HTTP requests by route and status",

@@ -3,6 +3,9 @@
 #
 #   hack/k8s-tools/build.sh            # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd
 #   hack/k8s-tools/build.sh helm       # helm (separate module in ./helm, built only when chart work needs it)
+#   hack/k8s-tools/build.sh kubeconform  # kubeconform (./kubeconform): chart manifests against local schemas
+#   hack/k8s-tools/build.sh promtool   # promtool (./promtool, Prometheus): `promtool test rules` on the alerts
+#   hack/k8s-tools/build.sh monitoring-crds  # ServiceMonitor + PrometheusRule CRDs (prometheus-operator module)
 #   hack/k8s-tools/build.sh --print-dir  # where the binaries live
 #
 # Binaries are cached outside the work tree, in ${SHARPML_CACHE:-~/.cache/sharpml}/k8s-<version>/, with a
@@ -81,11 +84,44 @@ case "$what" in
     stamp="$out/.stamp-helm"
     helm_version="$(awk '$1 == "helm.sh/helm/v3" && $2 ~ /^v/ {print $2; exit}' "$here/helm/go.mod")"
     ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+    # As helm's own Makefile: the Kubernetes version `helm template` and `helm lint` assume is its client-go's
+    # (v0.37 -> 1.37), not the source's fallback 1.20, which a chart's kubeVersion constraint would refuse.
+    client_go="$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$here/helm/go.mod")"
+    kminor="$(echo "$client_go" | cut -d. -f2)"
+    for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+      ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$kminor"
+    done
     want="$(pin_hash "$here/helm/go.mod" "$here/helm/go.sum")"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$out/helm" ]; then exit 0; fi
     rm -f "$stamp"
     build helm helm.sh/helm/v3/cmd/helm "$here/helm"
     echo "$want" > "$stamp"
     ;;
-  *) echo "build.sh: unknown target '$what' (core, helm, --print-dir)" >&2; exit 2 ;;
+  kubeconform|promtool)
+    # A tool module of its own (its `tool` line names the package), so its dependencies move no other pin.
+    stamp="$out/.stamp-$what"
+    pkg="$(awk '$1 == "tool" {print $2; exit}' "$here/$what/go.mod")"
+    ldflags="-s -w"
+    # promtool: without Prometheus' service-discovery plugins (cloud SDKs, client-go): `promtool test rules`
+    # needs none of them, and they are most of its build.
+    [ "$what" = promtool ] && export GOFLAGS="$GOFLAGS -tags=remove_all_sd"
+    want="$(pin_hash "$here/$what/go.mod" "$here/$what/go.sum")"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$out/$what" ]; then exit 0; fi
+    rm -f "$stamp"
+    build "$what" "$pkg" "$here/$what"
+    echo "$want" > "$stamp"
+    ;;
+  monitoring-crds)
+    # The Prometheus Operator's CRDs, from its Go module (checked against the checksum database): the chart
+    # tests install them so that the ServiceMonitor and PrometheusRule are validated by a real apiserver.
+    version=v0.85.0
+    dest="$out/monitoring-crds-$version"
+    [ -s "$dest/monitoring.coreos.com_prometheusrules.yaml" ] && exit 0
+    dir="$(cd "$here/promtool" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$version" \
+      | awk -F'"' '$2 == "Dir" {print $4}')"
+    mkdir -p "$dest.tmp"
+    cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,prometheusrules}.yaml "$dest.tmp/"
+    chmod u+w "$dest.tmp"/*; rm -rf "$dest"; mv "$dest.tmp" "$dest"
+    ;;
+  *) echo "build.sh: unknown target '$what' (core, helm, kubeconform, promtool, monitoring-crds, --print-dir)" >&2; exit 2 ;;
 esac

@@ -59,7 +59,7 @@ async def configure(settings: kopf.OperatorSettings, finished_jobs: kopf.Index, 
     # A job deleted while its reconcile timer runs keeps its finalizer until kopf sees the timer gone:
     # check every second, not kopf's default minute (see cleanup.py).
     settings.background.cancellation_polling = 1.0
-    metrics.serve(CFG.metrics_port)
+    metrics.serve(CFG.metrics_port, CFG.data_dir)
     _TASKS.add(asyncio.get_running_loop().create_task(_retention(finished_jobs), name="sharpml-retention"))
     log.info(
         "sharpml-operator: image=%s concurrency=%d data=%s node selector=%s",

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from sharpml.contract import JobSpec, JobStatus, Phase, StatusPatch, may_move
+from sharpml.contract import TERMINAL, JobSpec, JobStatus, Phase, StatusPatch, may_move
 from sharpml_operator import metrics
 
 log = logging.getLogger("sharpml.operator")
@@ -60,6 +60,8 @@ class Job:
         self.patch.enter(phase, reason, message, self.meta.get("generation"))
         self.event(reason, message, warning=warning)
         metrics.JOBS_BY_PHASE.observe(self.uid, phase)
+        if phase in TERMINAL:
+            metrics.FINISHED.labels(phase=str(phase)).inc()
         log.info("%s/%s: %s (%s) %s", self.namespace, self.name, phase, reason, message)
 
     def fail(self, reason: str, message: str) -> None:

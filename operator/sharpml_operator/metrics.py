@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -34,6 +36,12 @@ JOB_TRAINING_COST_USD = Histogram(
     "sharpml_job_training_cost_usd",
     "Training cost of each trained job, in US dollars (every run of the job, retries included).",
     buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
+# The denominator of the failure-rate alert (the chart's PrometheusRule): every job that finished.
+FINISHED = Counter(
+    "sharpml_jobs_finished_total",
+    "SharpJobs that reached a terminal phase (Complete, Failed, Cancelled).",
+    ["phase"],
 )
 RETENTION_DELETIONS = Counter(
     "sharpml_retention_deletions_total", "Finished SharpJobs deleted with their files after their TTL."
@@ -113,7 +121,30 @@ class _RunLedger:
 RUN_LEDGER = _RunLedger()
 
 
-def serve(port: int) -> None:
+DATA_FREE = Gauge(
+    "sharpml_data_volume_free_bytes", "Bytes available to unprivileged writers on the shared data volume."
+)
+DATA_SIZE = Gauge("sharpml_data_volume_size_bytes", "Size of the shared data volume in bytes.")
+
+
+def watch_data_volume(data_dir: Path) -> None:
+    """Read the data volume's free and total bytes at scrape time (statvfs of ``data_dir``); NaN while it is
+    not there, so an absent volume reads as missing data rather than as a full disk."""
+
+    def stat(free: bool) -> float:
+        try:
+            st = os.statvfs(data_dir)
+        except OSError:
+            return float("nan")
+        return float(st.f_bavail * st.f_frsize if free else st.f_blocks * st.f_frsize)
+
+    DATA_FREE.set_function(lambda: stat(True))
+    DATA_SIZE.set_function(lambda: stat(False))
+
+
+def serve(port: int, data_dir: Path | None = None) -> None:
     """Start the /metrics endpoint (a daemon thread); port 0 turns it off."""
+    if data_dir is not None:
+        watch_data_volume(data_dir)
     if port:
         start_http_server(port)

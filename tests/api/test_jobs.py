@@ -159,6 +159,7 @@ async def test_health_readiness_and_metrics(api, settings_for, settings, tmp_pat
     assert 'sharpml_api_uploads_total{outcome="rejected"} 1.0' in text
     assert "sharpml_api_images_accepted_total 5.0" in text
     assert 'sharpml_api_requests_total{method="POST",route="/v1/jobs",status="201"} 1.0' in text
+    assert "process_resident_memory_bytes " in text  # the chart's memory alert reads it
 
     # Not ready: the apiserver does not answer, and the data directory lies under a file.
     (tmp_path / "not-a-dir").write_text("")

@@ -242,7 +242,12 @@ def start_operator(
             **(env or {}),
         }
         op = OperatorProcess(
-            control_plane, namespace, full_env, tmp_path / f"operator-{len(started)}.log", port, args=list(args)
+            control_plane,
+            namespace,
+            full_env,
+            tmp_path / f"operator-{len(started)}.log",
+            port,
+            args=list(args),
         )
         started.append(op.start())
         return op

@@ -4,6 +4,7 @@ and COLMAP run by podman from the project's SfM image, in the sandbox the pod sp
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -101,6 +102,10 @@ def test_sharpjob_is_reconstructed_then_complete(
     metrics = op.metrics()
     assert 'sharpml_jobs{phase="Complete"} 1.0' in metrics
     assert 'sharpml_stage_duration_seconds_count{stage="sfm"} 1.0' in metrics
+    # What the chart's alerts read: finished jobs by phase, and the data volume's free bytes.
+    assert 'sharpml_jobs_finished_total{phase="Complete"} 1.0' in metrics
+    free = re.search(r"^sharpml_data_volume_free_bytes (\S+)$", metrics, re.M)
+    assert free and float(free.group(1)) > 0, metrics
 
 
 @pytest.mark.cluster

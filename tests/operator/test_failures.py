@@ -35,7 +35,9 @@ def test_deadline_exceeded(control_plane, namespace, data_volume, start_operator
     assert pod["spec"]["activeDeadlineSeconds"] == 2
     assert pod["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "100m"
     assert pod["status"]["reason"] == "DeadlineExceeded"
-    assert 'sharpml_job_failures_total{reason="Timeout"} 1.0' in op.metrics()
+    metrics = op.metrics()
+    assert 'sharpml_job_failures_total{reason="Timeout"} 1.0' in metrics
+    assert 'sharpml_jobs_finished_total{phase="Failed"} 1.0' in metrics  # the failure-rate alert's input
 
 
 def test_out_of_memory(control_plane, namespace, data_volume, start_operator, scene_uploads):

@@ -24,7 +24,6 @@ from sharpml.contract import TrainResult, count_gaussians
 from sharpml.pricing import RUNPOD_FLEX_USD_PER_SECOND
 from tests.operator.conftest import (
     DataVolume,
-    OperatorProcess,
     create,
     events_for,
     get_job,
@@ -39,7 +38,11 @@ pytestmark = [pytest.mark.cluster, pytest.mark.podman, pytest.mark.s3, pytest.ma
 WORKER = "sharpml.train.runpod_worker"
 #: Small and quick: enough to show the whole chain; the quality test trains longer.
 QUICK = {"backend": "runpod", "steps": 20, "maxGaussians": 2000}
-QUICK_WORKER_ENV = {"SHARPML_TRAIN_DEVICE": "cpu", "SHARPML_TRAIN_MAX_IMAGE_SIZE": "64", "SHARPML_TRAIN_THREADS": "1"}
+QUICK_WORKER_ENV = {
+    "SHARPML_TRAIN_DEVICE": "cpu",
+    "SHARPML_TRAIN_MAX_IMAGE_SIZE": "64",
+    "SHARPML_TRAIN_THREADS": "1",
+}
 
 
 @dataclass
@@ -160,9 +163,10 @@ def test_upload_to_trained_through_runpod_better_than_the_preview(
     """Upload through the API → SfM pod → training by the RunPod worker on CPU → Trained, with the held-out
     PSNR above the preview's; progress, events, metrics and the API's view along the way."""
     import anyio
+    from sharpml_api.settings import JwtSettings, RateLimits
+    from sharpml_api.settings import Settings as ApiSettings
 
-    from tests.api.conftest import HS_SECRET, ISSUER, AUDIENCE, asgi_client, bearer, multipart
-    from sharpml_api.settings import JwtSettings, RateLimits, Settings as ApiSettings
+    from tests.api.conftest import AUDIENCE, HS_SECRET, ISSUER, asgi_client, bearer, multipart
 
     op = start_operator(env=training.operator_env())
     worker = training.start_worker(SHARPML_TRAIN_MAX_IMAGE_SIZE="120", SHARPML_TRAIN_THREADS="2")
@@ -192,7 +196,9 @@ def test_upload_to_trained_through_runpod_better_than_the_preview(
             seen.append(stage)
         return job.get("status", {}).get("phase") in ("Complete", "Failed")
 
-    job = wait_for(control_plane, namespace, name, training_progress, timeout=420, what="Complete", operator=op)
+    job = wait_for(
+        control_plane, namespace, name, training_progress, timeout=420, what="Complete", operator=op
+    )
     assert seen, "the worker's progress never reached status.progress"
     job_root = training.volume.root / job["spec"]["source"]["upload"]["jobDir"]
     _assert_trained_once(training, job, job_root)
@@ -212,7 +218,10 @@ def test_upload_to_trained_through_runpod_better_than_the_preview(
     # The worker got presigned URLs only: its environment holds no storage credentials.
     (record,) = training.runpod.jobs()
     assert all(k not in worker.output() for k in (training.s3.secret_access_key,))
-    assert record.input["scene_url"].startswith(training.s3.endpoint) and "X-Amz-Signature" in record.input["scene_url"]
+    assert (
+        record.input["scene_url"].startswith(training.s3.endpoint)
+        and "X-Amz-Signature" in record.input["scene_url"]
+    )
     metrics = op.metrics()
     assert 'sharpml_training_runs_total{duplicate="false",status="COMPLETED"} 1.0' in metrics
     assert f"sharpml_training_gpu_seconds_total {float(t['gpuSeconds'])}" in metrics
@@ -241,12 +250,18 @@ def test_operator_killed_between_run_and_recording_the_id_trains_once(
     _submit(training, control_plane, namespace, scene_uploads, "killed-at-run")
     first = wait_until(lambda: training.runpod.jobs(), 180, "the first /run")[0]
     op.kill()
-    assert "runpodJobId" not in get_job(control_plane, namespace, "killed-at-run")["status"].get("training", {})
+    assert "runpodJobId" not in get_job(control_plane, namespace, "killed-at-run")["status"].get(
+        "training", {}
+    )
     op.start()
-    job = wait_phase(control_plane, namespace, "killed-at-run", "Complete", "Failed", timeout=240, operator=op)
+    job = wait_phase(
+        control_plane, namespace, "killed-at-run", "Complete", "Failed", timeout=240, operator=op
+    )
     _assert_trained_once(training, job, training.volume.root / job["spec"]["source"]["upload"]["jobDir"])
     jobs = training.runpod.jobs()
-    assert len(jobs) == 2 and {j.input["claim"]["request_id"] for j in jobs} == {job["status"]["training"]["requestId"]}
+    assert len(jobs) == 2 and {j.input["claim"]["request_id"] for j in jobs} == {
+        job["status"]["training"]["requestId"]
+    }
     assert job["status"]["training"]["runs"][first.id]["duplicate"] is False  # the first one trained
     reasons = [e["reason"] for e in events_for(control_plane, namespace, "killed-at-run")]
     assert reasons.count("TrainingSucceeded") == 1 and "DuplicateRun" in reasons
@@ -269,12 +284,16 @@ def test_operator_killed_while_polling_resumes_the_same_run(
     )
     op.kill()
     op.start()
-    job = wait_phase(control_plane, namespace, "killed-polling", "Complete", "Failed", timeout=240, operator=op)
+    job = wait_phase(
+        control_plane, namespace, "killed-polling", "Complete", "Failed", timeout=240, operator=op
+    )
     _assert_trained_once(training, job, training.volume.root / job["spec"]["source"]["upload"]["jobDir"])
     assert len(training.runpod.jobs()) == 1 and len(job["status"]["training"]["runs"]) == 1
 
 
-def test_a_job_runpod_delivers_twice_trains_once(training, control_plane, namespace, start_operator, scene_uploads):
+def test_a_job_runpod_delivers_twice_trains_once(
+    training, control_plane, namespace, start_operator, scene_uploads
+):
     start_operator(env=training.operator_env())
     training.start_worker()
     training.start_worker()
@@ -283,13 +302,17 @@ def test_a_job_runpod_delivers_twice_trains_once(training, control_plane, namesp
     job = wait_phase(control_plane, namespace, "twice", "Complete", "Failed", timeout=300)
     _assert_trained_once(training, job, training.volume.root / job["spec"]["source"]["upload"]["jobDir"])
     (record,) = training.runpod.jobs()
-    wait_until(lambda: record.handed_out == 2 and all(d.finished for d in record.deliveries), 60, "both deliveries")
+    wait_until(
+        lambda: record.handed_out == 2 and all(d.finished for d in record.deliveries), 60, "both deliveries"
+    )
 
 
 # --- failures ----------------------------------------------------------------------------------------------
 
 
-def test_a_failed_run_is_retried_as_a_new_request(training, control_plane, namespace, start_operator, scene_uploads):
+def test_a_failed_run_is_retried_as_a_new_request(
+    training, control_plane, namespace, start_operator, scene_uploads
+):
     start_operator(env=training.operator_env())
     training.start_worker()
     training.runpod.faults.fail_results(1, error="CUDA error: an illegal memory access was encountered")
@@ -315,7 +338,9 @@ def test_retries_spent_fail_the_job_with_the_workers_error(
     assert status["phase"] == "Failed" and "CUDA out of memory" in status["message"]
     conds = {c["type"]: c for c in status["conditions"]}
     assert conds["Failed"]["reason"] == "TrainingFailed" and conds["Trained"]["status"] == "False"
-    assert status["training"]["gpuSeconds"] == _billed_seconds(training.runpod, list(status["training"]["runs"]))
+    assert status["training"]["gpuSeconds"] == _billed_seconds(
+        training.runpod, list(status["training"]["runs"])
+    )
 
 
 def test_runpod_errors_back_off_and_never_lose_the_job(
@@ -344,7 +369,10 @@ def test_a_run_past_its_execution_timeout_fails_the_job(
     _submit(training, control_plane, namespace, scene_uploads, "timeout")
     job = wait_phase(control_plane, namespace, "timeout", "Complete", "Failed", timeout=300)
     status = job["status"]
-    assert status["phase"] == "Failed" and {c["type"]: c for c in status["conditions"]}["Failed"]["reason"] == "Timeout"
+    assert (
+        status["phase"] == "Failed"
+        and {c["type"]: c for c in status["conditions"]}["Failed"]["reason"] == "Timeout"
+    )
     (record,) = training.runpod.jobs()
     assert record.status == "TIMED_OUT"
 
@@ -366,8 +394,12 @@ def test_cancel_during_training_stops_the_run_and_removes_its_objects(
     )
     uid = get_job(control_plane, namespace, "cancelled")["metadata"]["uid"]
     assert training.objects(f"sharpml/jobs/{uid}/")
-    control_plane.kubectl("patch", "sj", "cancelled", "-n", namespace, "--type=merge", "-p", '{"spec":{"cancel":true}}')
-    job = wait_phase(control_plane, namespace, "cancelled", "Cancelled", "Failed", "Complete", timeout=60, operator=op)
+    control_plane.kubectl(
+        "patch", "sj", "cancelled", "-n", namespace, "--type=merge", "-p", '{"spec":{"cancel":true}}'
+    )
+    job = wait_phase(
+        control_plane, namespace, "cancelled", "Cancelled", "Failed", "Complete", timeout=60, operator=op
+    )
     assert job["status"]["phase"] == "Cancelled"
     (record,) = training.runpod.jobs()
     assert record.status == "CANCELLED"

@@ -73,5 +73,7 @@ def test_backend_comes_from_status_then_spec_then_the_operator():
     stage = TrainingStage(Settings.from_env({"SHARPML_TRAINING_BACKEND": "none"}))
     assert stage.backend(_job()) == "none" and not stage.applies(_job())
     assert stage.backend(_job({"training": {"backend": "runpod"}})) == "runpod"
-    started = _job({"training": {"backend": "none"}}, {"phase": "Training", "training": {"backend": "runpod"}})
+    started = _job(
+        {"training": {"backend": "none"}}, {"phase": "Training", "training": {"backend": "runpod"}}
+    )
     assert stage.backend(started) == "runpod"  # a job keeps the backend it started with

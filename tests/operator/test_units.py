@@ -153,3 +153,20 @@ def test_job_dir_names_one_jobs_own_directory_only(tmp_path, rel: str) -> None:
     assert job_dir(tmp_path, "jobs/3f2c9a4e-5b1d-4c2a-9e7f-0a1b2c3d4e5f").root == (
         tmp_path / "jobs" / "3f2c9a4e-5b1d-4c2a-9e7f-0a1b2c3d4e5f"
     )
+
+
+def test_data_volume_gauges_read_statvfs_at_scrape_time(tmp_path):
+    """sharpml_data_volume_free_bytes (the chart's disk alert) follows the volume; NaN when it is gone."""
+    import math
+    import os
+
+    from prometheus_client import REGISTRY
+    from sharpml_operator import metrics
+
+    metrics.watch_data_volume(tmp_path)
+    st = os.statvfs(tmp_path)
+    free = REGISTRY.get_sample_value("sharpml_data_volume_free_bytes")
+    assert abs(free - st.f_bavail * st.f_frsize) < 64 * 2**20  # other writers on the disk meanwhile
+    assert REGISTRY.get_sample_value("sharpml_data_volume_size_bytes") == st.f_blocks * st.f_frsize
+    metrics.watch_data_volume(tmp_path / "absent")
+    assert math.isnan(REGISTRY.get_sample_value("sharpml_data_volume_free_bytes"))

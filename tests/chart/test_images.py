@@ -1,0 +1,104 @@
+"""The chart's images (images/api, images/operator) as hack/build-images.sh builds them (cached by content):
+the fixed non-root UID, no pip or compiler in the final stage, and only that component's dependencies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.chart.conftest import REPO
+
+pytestmark = pytest.mark.podman
+ENV = {**os.environ, "CONTAINERS_CONF": str(REPO / "hack/containers.conf")}
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, str]:
+    if not (shutil.which("podman") and shutil.which("runc")):
+        pytest.fail("podman and runc are needed: apt-get install podman runc mmdebstrap", pytrace=False)
+    proc = subprocess.run(
+        ["bash", str(REPO / "hack/build-images.sh"), "api", "operator"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=ENV,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    api, operator = proc.stdout.split()
+    return {"api": api, "operator": operator}
+
+
+PROBE = """
+import importlib.util, os, shutil
+mods = ["kopf", "kubernetes", "prometheus_client", "fastapi", "PIL", "magic", "numpy", "pycolmap", "torch"]
+print(os.getuid(), os.getgid(), *(m for m in mods if importlib.util.find_spec(m)), sep=",")
+print(",".join(t for t in ("pip", "pip3", "gcc", "cc", "make") if shutil.which(t)))
+"""
+
+
+def probe(image: str) -> tuple[list[str], list[str]]:
+    proc = subprocess.run(
+        [
+            "podman",
+            "run",
+            "--rm",
+            "--read-only",
+            "--network=none",
+            "--cap-drop=ALL",
+            image,
+            "python",
+            "-c",
+            PROBE,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
+    assert proc.returncode == 0, proc.stderr
+    found, tools = proc.stdout.splitlines()
+    return found.split(","), [t for t in tools.split(",") if t]
+
+
+@pytest.mark.parametrize(
+    "component, wanted, unwanted",
+    [
+        (
+            "api",
+            {"fastapi", "kubernetes", "PIL", "magic", "prometheus_client"},
+            {"kopf", "numpy", "pycolmap", "torch"},
+        ),
+        (
+            "operator",
+            {"kopf", "kubernetes", "prometheus_client"},
+            {"fastapi", "PIL", "numpy", "pycolmap", "torch"},
+        ),
+    ],
+)
+def test_image_holds_only_its_component(images, component, wanted, unwanted) -> None:
+    found, tools = probe(images[component])
+    uid, gid, *modules = found
+    assert (uid, gid) == ("10001", "10001")
+    assert wanted <= set(modules) and not unwanted & set(modules), modules
+    assert tools == [], f"build tools in the final stage: {tools}"
+
+
+def run(image: str, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["podman", "run", "--rm", "--read-only", "--network=none", image, *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
+
+
+def test_entry_points_start_read_only(images) -> None:
+    operator = run(images["operator"], "sharpml-operator", "--help")
+    assert operator.returncode == 0 and "--leader-election" in operator.stdout, operator.stderr
+    # The API gets past its imports and settings to the cluster: outside a pod it has no service account.
+    api = run(images["api"], "sharpml-api")
+    assert api.returncode != 0 and "Service host/port is not set" in api.stderr, api.stderr
