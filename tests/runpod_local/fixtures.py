@@ -19,6 +19,7 @@ beyond pytest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -88,10 +89,8 @@ class WorkerProcess:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _group_has_members(pgid: int) -> bool:
@@ -151,9 +150,7 @@ def runpod_endpoint(runpod_server: LocalRunPod, monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.fixture
-def runpod_worker(
-    runpod_server: LocalRunPod, tmp_path: Path
-) -> Iterator[Callable[..., WorkerProcess]]:
+def runpod_worker(runpod_server: LocalRunPod, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory of worker subprocesses running the real SDK loop against ``runpod_server``."""
     started: list[WorkerProcess] = []
 

@@ -358,13 +358,13 @@ class LocalRunPod:
             self._thread = None
 
     async def _serve(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1)
         await self._runner.setup()
         context = None
         if self.tls:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=context, shutdown_timeout=1)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=context)
         await site.start()
         server = site._server
         assert server is not None and server.sockets
@@ -811,9 +811,12 @@ class LocalRunPod:
             now = _now()
             with self._lock:
                 for job in list(self._jobs.values()):
-                    if job.status == "IN_PROGRESS" and job.started_at is not None:
-                        if now - job.started_at > job.execution_timeout_ms / 1000:
-                            self._finish(job, "TIMED_OUT")
+                    if (
+                        job.status == "IN_PROGRESS"
+                        and job.started_at is not None
+                        and now - job.started_at > job.execution_timeout_ms / 1000
+                    ):
+                        self._finish(job, "TIMED_OUT")
                     if job.status not in FINAL_STATES and now - job.submitted_at > job.ttl_ms / 1000:
                         self._expire(job)
                     elif job.finished_at is not None:
