@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import requests
@@ -179,12 +181,36 @@ def test_cancel_reaches_the_worker_through_the_stop_channel(
     assert follow.output(timeout=15)["echo"] == {"after": "cancel"}
 
 
+class _WebhookReceiver(BaseHTTPRequestHandler):
+    bodies: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 def test_cancel_and_purge_queued_jobs_and_ttl_expiry(
     runpod_server: LocalRunPod, runpod_endpoint: Any
 ) -> None:
     runpod_server.faults.hold_queue()  # no worker takes anything
-    queued = [runpod_endpoint.run({"n": n}) for n in range(3)]
-    assert queued[0].cancel()["status"] == "CANCELLED"
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _WebhookReceiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        hooked = runpod_endpoint.run(
+            {"input": {"n": 0}, "webhook": f"http://127.0.0.1:{receiver.server_port}/done"}
+        )
+        queued = [hooked] + [runpod_endpoint.run({"n": n}) for n in (1, 2)]
+        assert hooked.cancel()["status"] == "CANCELLED"
+        # RunPod POSTs the final status to the job's webhook.
+        wait_until(lambda: _WebhookReceiver.bodies, 10, "the webhook call")
+        assert _WebhookReceiver.bodies == [{"id": hooked.job_id, "status": "CANCELLED"}]
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
     assert runpod_endpoint.health()["jobs"]["inQueue"] == 2
     assert runpod_endpoint.purge_queue() == {"removed": 2, "status": "completed"}
     assert [status(runpod_endpoint, j.job_id)["status"] for j in queued] == ["CANCELLED"] * 3
@@ -283,3 +309,14 @@ def test_duplicate_delivery_runs_twice_and_result_faults(
     runpod_server.faults.fail_next(1, 500, routes=["job-done"])
     assert runpod_endpoint.run({"ok": 3}).output(timeout=15)["echo"] == {"ok": 3}
     assert ("job-done", 500) in runpod_server.calls
+
+
+def test_the_trainer_worker_runs_against_it(
+    runpod_server: LocalRunPod, runpod_endpoint: Any, runpod_worker: Callable[..., WorkerProcess]
+) -> None:
+    """The trainer image's command (``python -m sharpml.train.runpod_worker``) under the real SDK loop:
+    a job it refuses fails with the worker's message (no torch needed for that)."""
+    runpod_worker("sharpml.train.runpod_worker")
+    job = runpod_endpoint.run({"scene_url": "ftp://example.invalid/scene.tar", "upload": {}})
+    body = wait_status(runpod_endpoint, job.job_id, "FAILED", timeout=30)
+    assert body["error"].startswith("invalid input: scene_url: must be an https URL")
