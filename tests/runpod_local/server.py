@@ -427,6 +427,18 @@ class LocalRunPod:
         with self._lock:
             return {w: now - seen for w, seen in self._workers.items()}
 
+    def client_env(self) -> dict[str, str]:
+        """What a client process (the operator) needs to reach this endpoint with the SDK: the base URL
+        (read by ``import runpod``), the API key, the endpoint id and, over https, the certificate."""
+        env = {
+            "RUNPOD_ENDPOINT_BASE_URL": self.api_url,
+            "RUNPOD_API_KEY": self.api_key,
+            "RUNPOD_ENDPOINT_ID": self.endpoint_id,
+        }
+        if self.tls:
+            env["REQUESTS_CA_BUNDLE"] = str(self.tls[0])
+        return env
+
     def worker_env(self, worker_id: str | None = None) -> dict[str, str]:
         """The environment RunPod gives a worker container, pointing here."""
         ep = f"{self.api_url}/{self.endpoint_id}"

@@ -21,7 +21,10 @@ holds, which while IN_PROGRESS is the latest ``progress_update`` payload.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -320,3 +323,19 @@ def test_the_trainer_worker_runs_against_it(
     job = runpod_endpoint.run({"scene_url": "ftp://example.invalid/scene.tar", "upload": {}})
     body = wait_status(runpod_endpoint, job.job_id, "FAILED", timeout=30)
     assert body["error"].startswith("invalid input: scene_url: must be an https URL")
+
+
+def test_a_client_process_configured_by_environment(runpod_server: LocalRunPod) -> None:
+    """``RUNPOD_ENDPOINT_BASE_URL`` set before ``import runpod`` is the other supported way (the
+    operator runs as its own process); the API key still has to be given to the SDK."""
+    script = (
+        "import json, os, runpod\n"
+        "runpod.api_key = os.environ['RUNPOD_API_KEY']\n"
+        "print(json.dumps(runpod.Endpoint(os.environ['RUNPOD_ENDPOINT_ID']).health()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    env.update(runpod_server.client_env())
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1])["jobs"]["inQueue"] == 0
+    assert ("health", 200) in runpod_server.calls
