@@ -2,10 +2,11 @@
 
 Its handler returns ``{"echo": input, "worker": RUNPOD_POD_ID}`` and obeys the input: ``progress``
 (N ``progress_update`` calls, ``progress_gap`` s apart), ``sleep`` (seconds, after the progress),
-``error`` (returns ``{"error": ...}``), ``raise`` (raises). With ``ECHO_WORKER_ASYNC=1`` the handler is
-a coroutine (its sleeps can be stopped), otherwise a plain function like the trainer's. Each run
-appends ``started <job id>`` and ``finished <job id>`` to ``ECHO_WORKER_LOG`` when set, so a test can
-see what ran in the worker.
+``error`` (returns ``{"error": ...}``), ``raise`` (raises). ``ECHO_WORKER_KIND`` picks the handler:
+``sync`` (default: a plain function, like the trainer's), ``async`` (a coroutine: the SDK can stop it
+at an ``await``) or ``stream`` (a generator yielding ``input["chunks"]``). Each run appends
+``started <job id>`` and ``finished <job id>`` to ``ECHO_WORKER_LOG`` when set, so a test can see what
+ran in the worker.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import runpod
@@ -62,6 +64,16 @@ async def async_handler(job: dict[str, Any]) -> dict[str, Any]:
         _log("finished", job)
 
 
+def stream_handler(job: dict[str, Any]) -> Iterator[Any]:
+    """A generator handler: yields each of ``input["chunks"]``, ``progress_gap`` s apart."""
+    _log("started", job)
+    for chunk in job["input"].get("chunks", []):
+        yield chunk
+        time.sleep(float(job["input"].get("progress_gap", 0.3)))
+    _log("finished", job)
+
+
 if __name__ == "__main__":
-    chosen = async_handler if os.environ.get("ECHO_WORKER_ASYNC") == "1" else handler
+    kind = os.environ.get("ECHO_WORKER_KIND", "sync")
+    chosen = {"sync": handler, "async": async_handler, "stream": stream_handler}[kind]
     runpod.serverless.start({"handler": chosen})

@@ -623,7 +623,7 @@ class LocalRunPod:
                 d.worker_id
                 for job in self._jobs.values()
                 for d in job.deliveries
-                if d.closed_at is None and job.status == "IN_PROGRESS"
+                if d.closed_at is None  # a worker still running a timed-out job is busy too
             }
             alive = {w for w, seen in self._workers.items() if now - seen <= self.worker_seen_s}
             idle = len(alive - busy - set(self.unhealthy))
@@ -680,10 +680,9 @@ class LocalRunPod:
             job = self._jobs.get(job_id)
             if job is None or job.status == "CANCELLED":
                 continue
-            if job.status == "IN_QUEUE":
-                job.status, job.started_at = "IN_PROGRESS", now
+            if job.status == "IN_QUEUE":  # a duplicate delivery leaves status and workerId alone
+                job.status, job.started_at, job.worker_id = "IN_PROGRESS", now, worker_id
                 job.delay_ms = _ms(now - job.queued_at)
-            job.worker_id = worker_id
             job.deliveries.append(Delivery(worker_id, now))
             if self.faults._take_twice(job.id):
                 self._redeliver.append(job.id)

@@ -159,7 +159,7 @@ def test_cancel_reaches_the_worker_through_the_stop_channel(
 ) -> None:
     sync_log, async_log = tmp_path / "sync.log", tmp_path / "async.log"
     sync_worker = runpod_worker(env={"ECHO_WORKER_LOG": str(sync_log)})
-    async_worker = runpod_worker(env={"ECHO_WORKER_LOG": str(async_log), "ECHO_WORKER_ASYNC": "1"})
+    async_worker = runpod_worker(env={"ECHO_WORKER_LOG": str(async_log), "ECHO_WORKER_KIND": "async"})
     wait_until(
         lambda: {sync_worker.worker_id, async_worker.worker_id} <= set(runpod_server.workers()),
         30,
@@ -339,3 +339,14 @@ def test_a_client_process_configured_by_environment(runpod_server: LocalRunPod) 
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.splitlines()[-1])["jobs"]["inQueue"] == 0
     assert ("health", 200) in runpod_server.calls
+
+
+def test_a_generator_handler_streams(
+    runpod_server: LocalRunPod, runpod_endpoint: Any, runpod_worker: Callable[..., WorkerProcess]
+) -> None:
+    runpod_worker(env={"ECHO_WORKER_KIND": "stream"})
+    chunks = [{"part": n} for n in range(4)]
+    job = runpod_endpoint.run({"chunks": chunks, "progress_gap": 0.2})
+    assert list(job.stream()) == chunks  # the SDK's Job.stream() reads /stream until the job is final
+    body = wait_status(runpod_endpoint, job.job_id, "COMPLETED")
+    assert body["output"] == chunks  # no aggregate from the worker: /status shows the streamed chunks
