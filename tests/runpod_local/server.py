@@ -302,6 +302,7 @@ class LocalRunPod:
         self.calls: list[tuple[str, int]] = []  # (route, HTTP status) of every call, in order
         self.unhealthy: dict[str, dict[str, str]] = {}  # worker id -> failed fitness check report
         self.expired: dict[str, JobRecord] = {}  # job id -> record, for jobs removed by ttl or retention
+        self.stops_delivered: list[tuple[str, str]] = []  # (worker id, job id) handed out on job-stop
         self._lock = threading.Lock()
         self._jobs: dict[str, JobRecord] = {}
         self._queue: list[str] = []
@@ -761,6 +762,7 @@ class LocalRunPod:
             with self._lock:
                 self._seen(worker_id)
                 stops = self._stops.pop(worker_id, [])
+                self.stops_delivered.extend((worker_id, job_id) for job_id in stops)
             if stops:
                 return web.json_response({"jobsToStop": stops})
             if _now() >= deadline:

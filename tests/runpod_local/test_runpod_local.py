@@ -133,10 +133,12 @@ def test_failed_job_carries_the_error_and_can_be_retried(
 def test_execution_timeout_ends_the_job_and_ignores_the_late_result(
     runpod_server: LocalRunPod, runpod_endpoint: Any, runpod_worker: Callable[..., WorkerProcess]
 ) -> None:
-    runpod_worker()
+    worker = runpod_worker()
     job = runpod_endpoint.run({"input": {"sleep": 2.5}, "policy": {"executionTimeout": 600}})
     body = wait_status(runpod_endpoint, job.job_id, "TIMED_OUT", timeout=20)
     assert 600 <= body["executionTime"] < 2500
+    # The worker hears of it on its stop channel (what it can do about it is the SDK's business).
+    wait_until(lambda: (worker.worker_id, job.job_id) in runpod_server.stops_delivered, 10, "the stop")
     # The synchronous handler cannot be stopped: it finishes, and its result is recorded but ignored.
     wait_until(lambda: (r := runpod_server.job(job.job_id)) and r.late_results, 20, "the late result")
     assert status(runpod_endpoint, job.job_id)["status"] == "TIMED_OUT"
