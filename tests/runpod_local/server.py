@@ -144,7 +144,7 @@ class JobRecord:
 
 @dataclass
 class _HttpFault:
-    kind: str  # "status" or "drop"
+    kind: str  # "status", "drop" or "drop-after"
     routes: frozenset[str]
     remaining: int
     status: int = 0
@@ -177,10 +177,15 @@ class Faults:
         with self._lock:
             self._http.append(_HttpFault("status", routes, count, status, retry_after))
 
-    def drop_next(self, count: int = 1, routes: Iterable[str] = ("status",)) -> None:
-        """The next ``count`` calls to ``routes`` get their connection closed without an answer."""
+    def drop_next(
+        self, count: int = 1, routes: Iterable[str] = ("status",), after_handling: bool = False
+    ) -> None:
+        """The next ``count`` calls to ``routes`` get their connection closed without an answer; with
+        ``after_handling`` the call takes effect first (a ``run`` whose answer is lost still queues
+        its job)."""
         with self._lock:
-            self._http.append(_HttpFault("drop", frozenset(routes), count))
+            kind = "drop-after" if after_handling else "drop"
+            self._http.append(_HttpFault(kind, frozenset(routes), count))
 
     def deliver_twice(self, count: int = 1) -> None:
         """The next ``count`` jobs handed out are handed out once more (same id and input) to the next
@@ -474,7 +479,9 @@ class LocalRunPod:
         if not self._authorised(request.headers.get("Authorization", ""), worker_side):
             return self._answer(route, 401, {"error": "Unauthorized"})
         fault = self.faults._http_fault(route)
-        if fault is not None and fault.kind == "drop":
+        if fault is not None and fault.kind in ("drop", "drop-after"):
+            if fault.kind == "drop-after":
+                await handler(request)
             self.calls.append((route, 0))
             if request.transport is not None:
                 request.transport.abort()
@@ -791,9 +798,11 @@ class LocalRunPod:
         now = _now()
         job.status, job.finished_at = status, now
         job.output, job.error = output, error
-        if job.started_at is not None:
-            start = ended_by.taken_at if ended_by is not None else job.started_at
-            job.execution_ms = _ms(now - start)
+        if ended_by is not None and ended_by.closed_at is not None:  # the worker's result: its own time
+            job.finished_at = ended_by.closed_at
+            job.execution_ms = ended_by.billed_ms
+        elif job.started_at is not None:
+            job.execution_ms = _ms(now - job.started_at)
         for d in job.deliveries:
             if d.closed_at is None and d is not ended_by:
                 self._stops.setdefault(d.worker_id, []).append(job.id)
