@@ -18,7 +18,7 @@ $(BIN)/sharpml: pyproject.toml hack/requirements.py
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip download -q --dest $(WHEELS) $$($(PYTHON) hack/requirements.py train)
 	$(BIN)/pip install -q --no-index --find-links $(WHEELS) $$($(PYTHON) hack/requirements.py train)
-	$(BIN)/pip install -q -e '.[cli,train,dev,cluster,api,operator]'
+	$(BIN)/pip install -q -e '.[cli,train,runpod,dev,cluster,api,operator]'
 	@touch $@
 
 venv: $(BIN)/sharpml

@@ -24,6 +24,14 @@ from typing import Any
 
 import pytest
 
+# The local RunPod serverless endpoint and its workers (tests/runpod_local/fixtures.py).
+from tests.runpod_local.fixtures import (  # noqa: F401
+    runpod_endpoint,
+    runpod_server,
+    runpod_tls,
+    runpod_worker,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 CRD_FILE = REPO / "crds" / "sharpjobs.sharpml.com.yaml"
 

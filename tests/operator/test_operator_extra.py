@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "hack"))
 from requirements import requirements  # noqa: E402
 
-FORBIDDEN = ("numpy", "pycolmap", "scipy", "PIL", "pillow_heif", "magic", "plyfile", "tqdm")
+# tqdm is not on the list: the runpod SDK (the training stage's RunPod client) requires it through
+# tqdm-loggable.
+FORBIDDEN = ("numpy", "pycolmap", "scipy", "PIL", "pillow_heif", "magic", "plyfile")
 
 SCRIPT = r"""
 import json, sys, tempfile

@@ -1,0 +1,1 @@
+"""A local RunPod serverless endpoint for tests (``server.LocalRunPod``) and its pytest fixtures."""
