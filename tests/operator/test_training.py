@@ -128,8 +128,8 @@ def _submit(training: Training, cp, namespace: str, scene_uploads, name: str, **
 
 
 def _billed_seconds(server: Any, runpod_ids: list[str]) -> int:
-    """What RunPod reports for those runs, rounded up per run as it bills."""
-    return sum(math.ceil(server.job(rid).billed_ms / 1000) for rid in runpod_ids)
+    """The execution time RunPod reports for those runs, rounded up per run as it bills."""
+    return sum(math.ceil((server.job(rid).execution_ms or 0) / 1000) for rid in runpod_ids)
 
 
 def _assert_trained_once(training: Training, job: dict[str, Any], job_root: Path) -> None:
@@ -303,7 +303,9 @@ def test_a_job_runpod_delivers_twice_trains_once(
     _assert_trained_once(training, job, training.volume.root / job["spec"]["source"]["upload"]["jobDir"])
     (record,) = training.runpod.jobs()
     wait_until(
-        lambda: record.handed_out == 2 and all(d.finished for d in record.deliveries), 60, "both deliveries"
+        lambda: record.handed_out == 2 and all(d.closed_at is not None for d in record.deliveries),
+        60,
+        "both deliveries",
     )
 
 

@@ -144,11 +144,12 @@ class JobRecord:
 
 @dataclass
 class _HttpFault:
-    kind: str  # "status", "drop" or "drop-after"
+    kind: str  # "status", "drop", "drop-after" or "delay"
     routes: frozenset[str]
     remaining: int
     status: int = 0
     retry_after: int | None = None
+    seconds: float = 0.0
 
 
 class Faults:
@@ -186,6 +187,13 @@ class Faults:
         with self._lock:
             kind = "drop-after" if after_handling else "drop"
             self._http.append(_HttpFault(kind, frozenset(routes), count))
+
+    def delay_next(self, seconds: float, count: int = 1, routes: Iterable[str] = ("run",)) -> None:
+        """The next ``count`` calls to ``routes`` take effect at once and are answered ``seconds`` later:
+        a window in which a test can kill the caller after its request arrived but before it learns the
+        answer (an operator killed between ``/run`` and recording the job id)."""
+        with self._lock:
+            self._http.append(_HttpFault("delay", frozenset(routes), count, seconds=seconds))
 
     def deliver_twice(self, count: int = 1) -> None:
         """The next ``count`` jobs handed out are handed out once more (same id and input) to the next
@@ -486,6 +494,11 @@ class LocalRunPod:
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError  # aiohttp drops the request without answering
+        if fault is not None and fault.kind == "delay":
+            response = await handler(request)
+            await asyncio.sleep(fault.seconds)
+            self.calls.append((route, response.status))
+            return response
         if fault is not None:
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             return self._answer(route, fault.status, {"error": f"injected {fault.status}"}, headers)
