@@ -143,12 +143,13 @@ def _assert_trained_once(training: Training, job: dict[str, Any], job_root: Path
     record = TrainResult.read(out / "result.json")
     assert record.ok and record.steps == t["steps"] and count_gaussians(out / "scene.splat") == t["gaussians"]
     assert (out / "point_cloud.ply").read_bytes().startswith(b"ply\n")
-    # Exactly one run trained: one claim per request id, and every other run of the request was a duplicate.
+    # Exactly one run trained: the request has one claim, its holder is a run of this job, and every
+    # other run of the job found the claim taken and did no work.
     runs = t["runs"]
-    workers = [rid for rid, r in runs.items() if not r["duplicate"] and r["status"] == "COMPLETED"]
-    assert len(workers) == 1, runs
     claims = [c for k, c in training.claims().items() if f"/{t['requestId']}/" in k]
-    assert [c["runpod_job_id"] for c in claims] == workers
+    assert len(claims) == 1, claims
+    holder = claims[0]["runpod_job_id"]
+    assert holder in runs and all(r["duplicate"] for rid, r in runs.items() if rid != holder), runs
     # Billed once: the status' GPU seconds are RunPod's figures for exactly these runs.
     assert t["gpuSeconds"] == _billed_seconds(training.runpod, list(runs)) > 0
     assert Decimal(t["costUSD"]) == t["gpuSeconds"] * RUNPOD_FLEX_USD_PER_SECOND["L4"]
@@ -301,12 +302,16 @@ def test_a_job_runpod_delivers_twice_trains_once(
     _submit(training, control_plane, namespace, scene_uploads, "twice")
     job = wait_phase(control_plane, namespace, "twice", "Complete", "Failed", timeout=300)
     _assert_trained_once(training, job, training.volume.root / job["spec"]["source"]["upload"]["jobDir"])
-    (record,) = training.runpod.jobs()
-    wait_until(
-        lambda: record.handed_out == 2 and all(d.closed_at is not None for d in record.deliveries),
-        60,
-        "both deliveries",
-    )
+    (job_record,) = training.runpod.jobs()
+
+    def both_reported() -> Any:
+        record = training.runpod.job(job_record.id)
+        return record if all(d.result is not None for d in record.deliveries) else None
+
+    record = wait_until(both_reported, 60, "both deliveries' results")
+    assert record.handed_out == 2
+    outputs = [(d.result or {}).get("output") for d in record.deliveries]
+    assert sorted(bool(isinstance(o, dict) and o.get("duplicate")) for o in outputs) == [False, True], outputs
 
 
 # --- failures ----------------------------------------------------------------------------------------------
