@@ -33,7 +33,10 @@ def images() -> dict[str, str]:
 
 PROBE = """
 import importlib.util, os, shutil
-mods = ["kopf", "kubernetes", "prometheus_client", "fastapi", "PIL", "magic", "numpy", "pycolmap", "torch"]
+mods = [
+    "kopf", "kubernetes", "prometheus_client", "fastapi", "PIL", "magic", "numpy", "pycolmap", "torch",
+    "runpod", "boto3",
+]
 print(os.getuid(), os.getgid(), *(m for m in mods if importlib.util.find_spec(m)), sep=",")
 print(",".join(t for t in ("pip", "pip3", "gcc", "cc", "make") if shutil.which(t)))
 """
@@ -73,8 +76,9 @@ def probe(image: str) -> tuple[list[str], list[str]]:
         ),
         (
             "operator",
-            {"kopf", "kubernetes", "prometheus_client"},
-            {"fastapi", "PIL", "numpy", "pycolmap", "torch"},
+            # The runpod SDK (the Training stage's client) brings fastapi with it; nothing of ours uses it.
+            {"kopf", "kubernetes", "prometheus_client", "runpod", "boto3"},
+            {"PIL", "numpy", "pycolmap", "torch"},
         ),
     ],
 )

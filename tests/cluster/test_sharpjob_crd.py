@@ -47,11 +47,15 @@ def test_defaults_are_filled_in(control_plane, sharpjob_crd, namespace):
     configuration: 1600 px), filled in and stored in the object by the apiserver."""
     _create(control_plane, namespace, _job(), check=True)
     spec = control_plane.get_json("sj", "chair", "-n", namespace)["spec"]
-    assert spec["processing"] == PROCESSING_DEFAULTS == {
-        "matcher": "auto",
-        "mapper": "auto",
-        "maxImageSize": 1600,
-    }
+    assert (
+        spec["processing"]
+        == PROCESSING_DEFAULTS
+        == {
+            "matcher": "auto",
+            "mapper": "auto",
+            "maxImageSize": 1600,
+        }
+    )
     expected = {"steps": 7000, "strategy": "mcmc", "maxGaussians": 1_000_000}
     assert spec["training"] == TRAINING_DEFAULTS == expected
     assert spec["ttlSecondsAfterFinished"] == TTL_SECONDS_AFTER_FINISHED == 86400

@@ -85,6 +85,8 @@ def test_a_whole_job_with_the_charts_service_accounts(
         "SHARPML_SFM_THREADS": "2",
         "SHARPML_OPERATOR_POLL_SECONDS": "0.5",
         "SHARPML_RETENTION_CHECK_SECONDS": "1",
+        # Training talks to RunPod and S3, not to the apiserver: these jobs end at the preview.
+        "SHARPML_TRAINING_BACKEND": "none",
         "SHARPML_METRICS_PORT": str(_free_port()),
     }
     op = OperatorProcess(

@@ -53,7 +53,8 @@ colmap.mkdir(parents=True)
 SfmResult(ok=True, reason=None, total=8, registered=8, points=900, mean_reprojection_error=0.5).write(
     colmap / "result.json")
 (colmap / "preview.splat").write_bytes(bytes(32 * 900))
-settings = Settings.from_env({"SHARPML_DATA_DIR": str(data), "SHARPML_S3_ENDPOINT": "https://s3.example:9000",
+settings = Settings.from_env({"SHARPML_DATA_DIR": str(data), "SHARPML_TRAINING_BACKEND": "none",
+                              "SHARPML_S3_ENDPOINT": "https://s3.example:9000",
                               "SHARPML_S3_ACCESS_KEY_ID": "id", "SHARPML_S3_SECRET_ACCESS_KEY": "secret"})
 pipeline = Pipeline(settings)
 

@@ -145,13 +145,13 @@ def _assert_trained_once(training: Training, job: dict[str, Any], job_root: Path
     assert (out / "point_cloud.ply").read_bytes().startswith(b"ply\n")
     # Exactly one run trained: the request has one claim, its holder is a run of this job, and every
     # other run of the job found the claim taken and did no work.
-    runs = t["runs"]
+    runs = {rid: r for rid, r in t["runs"].items() if r["requestId"] == t["requestId"]}
     claims = [c for k, c in training.claims().items() if f"/{t['requestId']}/" in k]
     assert len(claims) == 1, claims
     holder = claims[0]["runpod_job_id"]
     assert holder in runs and all(r["duplicate"] for rid, r in runs.items() if rid != holder), runs
     # Billed once: the status' GPU seconds are RunPod's figures for exactly these runs.
-    assert t["gpuSeconds"] == _billed_seconds(training.runpod, list(runs)) > 0
+    assert t["gpuSeconds"] == _billed_seconds(training.runpod, list(t["runs"])) > 0
     assert Decimal(t["costUSD"]) == t["gpuSeconds"] * RUNPOD_FLEX_USD_PER_SECOND["L4"]
 
 

@@ -28,7 +28,9 @@ def test_each_run_is_billed_once_and_priced_from_the_gpu_type():
     record = {"status": "COMPLETED", "executionTime": 61_001, "output": {"ok": True}}
     t = stage._record_run(job, t, "rp-1", record)
     again = stage._record_run(job, t, "rp-1", {**record, "executionTime": 99_000})  # a repeated step
-    assert again["runs"] == {"rp-1": {"status": "COMPLETED", "executionMs": 61_001, "duplicate": False}}
+    assert again["runs"] == {
+        "rp-1": {"requestId": "u-1-1", "status": "COMPLETED", "executionMs": 61_001, "duplicate": False}
+    }
     assert again["gpuSeconds"] == 62  # rounded up to the second, as RunPod bills
     assert Decimal(again["costUSD"]) == 62 * RUNPOD_FLEX_USD_PER_SECOND["H100"]
     dup = stage._record_run(

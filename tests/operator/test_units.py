@@ -50,8 +50,13 @@ def test_running_pods_and_unprocessed_jobs_hold_their_place():
     assert decide("q", jobs, set(), 1).admit
 
 
+#: The clock of the pod-status tests: ages are fixed at collection, so "now" must be too (with the real
+#: clock, a pod of age 5 s was over the 600 s start timeout when the suite reached it 10 minutes later).
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
 def _pod(phase: str, age: float = 0, **status) -> dict:
-    created = (datetime.now(UTC) - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = (NOW - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "metadata": {"creationTimestamp": created},
         "spec": {"activeDeadlineSeconds": 1800, "containers": [{"resources": {"limits": {"memory": "8Gi"}}}]},
@@ -86,7 +91,7 @@ def _terminated(code: int, reason: str) -> dict:
     ],
 )  # fmt: skip
 def test_pod_status_becomes_a_precise_reason(pod, state, reason):
-    got = classify(pod, start_timeout=600)
+    got = classify(pod, start_timeout=600, now=NOW)
     assert (got.state, got.reason) == (state, reason), got
 
 

@@ -241,9 +241,9 @@ class TrainingStage(Stage):
         }
         if self.storage.exists(preview_key):
             job_input["preview_url"] = self.storage.presign_get(preview_key, ttl)
-        runpod_id = self.runpod.run(
-            job_input, execution_timeout_ms=remaining * 1000, ttl_ms=max(10, remaining) * 1000
-        )
+        # ttl covers the queue, the run and then reading its status (RunPod forgets a job whose ttl has
+        # passed, and its execution time with it): the stage's own deadline cancels a run that waits too long.
+        runpod_id = self.runpod.run(job_input, execution_timeout_ms=remaining * 1000, ttl_ms=ttl * 1000)
         job.patch["training"] = {**t, "runpodJobId": runpod_id, "submittedAt": now_rfc3339()}
         job.patch.message(f"training request {request_id} submitted to RunPod as job {runpod_id}")
         job.event(
@@ -320,6 +320,7 @@ class TrainingStage(Stage):
             ms = record.get("executionTime")
             output = record.get("output")
             runs[runpod_id] = {
+                "requestId": t.get("requestId"),
                 "status": str(record["status"]),
                 "executionMs": int(ms)
                 if isinstance(ms, int | float) and not isinstance(ms, bool) and ms >= 0
