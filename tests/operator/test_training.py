@@ -411,3 +411,24 @@ def test_cancel_during_training_stops_the_run_and_removes_its_objects(
     (record,) = training.runpod.jobs()
     assert record.status == "CANCELLED"
     assert training.objects(f"sharpml/jobs/{uid}/") == []
+
+
+@pytest.mark.parametrize("hostile", ["truncated", "oversized"])
+def test_malformed_results_fail_the_job_and_are_not_kept(
+    hostile, training, control_plane, namespace, start_operator, scene_uploads
+):
+    """Results are untrusted: a splat of partial records, or one over the job's gaussian cap, fails the
+    job ResultMalformed, and nothing of it is left in the job's output."""
+    op = start_operator(env=training.operator_env())
+    training.start_worker_process(
+        "tests.operator.hostile_worker",
+        env={"SHARPML_HOSTILE": hostile, "SSL_CERT_FILE": str(training.ca_bundle)},
+    )
+    _submit(training, control_plane, namespace, scene_uploads, "hostile")
+    job = wait_phase(control_plane, namespace, "hostile", "Complete", "Failed", timeout=240, operator=op)
+    status = job["status"]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == "Failed" and conds["Failed"]["reason"] == "ResultMalformed", status
+    assert ("whole number" if hostile == "truncated" else "limit") in status["message"], status["message"]
+    output = training.volume.root / job["spec"]["source"]["upload"]["jobDir"] / "output"
+    assert not (output / "scene.splat").exists()

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import tarfile
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -392,28 +394,37 @@ class TrainingStage(Stage):
             TRAINED_PLY: cap * PLY_BYTES_PER_GAUSSIAN + PLY_HEADER_BYTES,
         }
         directory.output.mkdir(mode=0o750, exist_ok=True)
+        # Fetched and checked aside, moved into output/ only when valid: nothing untrusted is left behind.
+        staging = directory.output / f".incoming-{t['requestId']}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o750)
         try:
-            for name, limit in limits.items():
-                self.storage.get_bounded(self.key(job, prefix + name), directory.output / name, limit)
-        except StorageError as exc:
-            if exc.retryable:
-                raise
-            reason = "ResultMalformed" if exc.reason == "too-large" else "ResultMissing"
-            job.fail(reason, f"the training run finished but its results could not be read: {exc}")
-            return
-        try:
-            result = TrainResult.read(directory.train_result)
-            gaussians = count_gaussians(directory.trained_splat)
-        except (OSError, ValueError, RecordError) as exc:
-            job.fail("ResultMalformed", f"the training results are not valid: {exc}")
-            return
-        if not result.ok or gaussians > cap or gaussians != result.gaussians:
-            job.fail(
-                "ResultMalformed",
-                f"the training results are not valid: ok={result.ok}, {gaussians} gaussians in the splat, "
-                f"{result.gaussians} in the record, cap {cap}",
-            )
-            return
+            try:
+                for name, limit in limits.items():
+                    self.storage.get_bounded(self.key(job, prefix + name), staging / name, limit)
+            except StorageError as exc:
+                if exc.retryable:
+                    raise
+                reason = "ResultMalformed" if exc.reason == "too-large" else "ResultMissing"
+                job.fail(reason, f"the training run finished but its results could not be read: {exc}")
+                return
+            try:
+                result = TrainResult.read(staging / TRAIN_RESULT)
+                gaussians = count_gaussians(staging / TRAINED_SPLAT)
+            except (OSError, ValueError, RecordError) as exc:
+                job.fail("ResultMalformed", f"the training results are not valid: {exc}")
+                return
+            if not result.ok or gaussians > cap or gaussians != result.gaussians:
+                job.fail(
+                    "ResultMalformed",
+                    f"the training results are not valid: ok={result.ok}, {gaussians} gaussians in the "
+                    f"splat, {result.gaussians} in the record, cap {cap}",
+                )
+                return
+            for name in limits:
+                os.replace(staging / name, directory.output / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         t = {
             **t,
             "steps": result.steps,
