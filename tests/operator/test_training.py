@@ -24,6 +24,7 @@ from sharpml.contract import TrainResult, count_gaussians
 from sharpml.pricing import RUNPOD_FLEX_USD_PER_SECOND
 from tests.operator.conftest import (
     DataVolume,
+    OperatorProcess,
     create,
     events_for,
     get_job,
@@ -125,6 +126,19 @@ def training(s3_server, runpod_server, runpod_worker, data_volume, tmp_path) -> 
 def _submit(training: Training, cp, namespace: str, scene_uploads, name: str, **spec_training: Any) -> None:
     job_dir = training.volume.new_job(scene_uploads)
     create(cp, namespace, sharpjob(name, job_dir, len(scene_uploads), training={**QUICK, **spec_training}))
+
+
+def _wait_submitted(cp, namespace: str, name: str, op: OperatorProcess) -> dict[str, Any]:
+    """Until the job's status records the RunPod job it submitted."""
+    return wait_for(
+        cp,
+        namespace,
+        name,
+        lambda j: bool((j.get("status", {}).get("training") or {}).get("runpodJobId")),
+        timeout=180,
+        what="a RunPod job recorded in status.training",
+        operator=op,
+    )
 
 
 def _billed_seconds(server: Any, runpod_ids: list[str]) -> int:
@@ -274,15 +288,7 @@ def test_operator_killed_while_polling_resumes_the_same_run(
     op = start_operator(env=training.operator_env())
     training.start_worker()
     _submit(training, control_plane, namespace, scene_uploads, "killed-polling", steps=60)
-    wait_for(
-        control_plane,
-        namespace,
-        "killed-polling",
-        lambda j: bool((j.get("status", {}).get("training") or {}).get("runpodJobId")),
-        timeout=180,
-        what="a recorded RunPod job",
-        operator=op,
-    )
+    _wait_submitted(control_plane, namespace, "killed-polling", op)
     op.kill()
     op.start()
     job = wait_phase(
@@ -390,15 +396,7 @@ def test_cancel_during_training_stops_the_run_and_removes_its_objects(
     op = start_operator(env=training.operator_env())
     training.runpod.faults.hold_queue()  # no worker takes it: the run waits IN_QUEUE
     _submit(training, control_plane, namespace, scene_uploads, "cancelled")
-    wait_for(
-        control_plane,
-        namespace,
-        "cancelled",
-        lambda j: bool((j.get("status", {}).get("training") or {}).get("runpodJobId")),
-        timeout=180,
-        what="a submitted run",
-        operator=op,
-    )
+    _wait_submitted(control_plane, namespace, "cancelled", op)
     uid = get_job(control_plane, namespace, "cancelled")["metadata"]["uid"]
     assert training.objects(f"sharpml/jobs/{uid}/")
     control_plane.kubectl(
