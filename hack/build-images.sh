@@ -3,7 +3,8 @@
 #
 #   hack/build-images.sh                  # the SfM image: localhost/sharpml-sfm:<content hash>, also :latest
 #   hack/build-images.sh api operator     # localhost/sharpml-api, localhost/sharpml-operator (the chart's)
-#   hack/build-images.sh all              # sfm, api, operator
+#   hack/build-images.sh trainer          # localhost/sharpml-trainer on CPU (hack/build-trainer-image.sh)
+#   hack/build-images.sh all              # sfm, api, operator, trainer
 #   SHARPML_BASE_IMAGE=python:3.11-slim-bookworm hack/build-images.sh   # explicit base
 #
 # Each image NAME is images/NAME/Dockerfile with the requirements of the pyproject extra of the same name
@@ -83,11 +84,16 @@ version="$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1],
 # build_image NAME: images/NAME/Dockerfile with the extra NAME's requirements; prints the reference.
 build_image() {
   local name="$1" image sources
+  if [ "$name" = trainer ]; then
+    # Its own script (6 GB of torch: wheels from the wheelhouse, no archive cache); the same base.
+    SHARPML_TRAINER_BASE="$base" "$REPO/hack/build-trainer-image.sh"
+    return
+  fi
   case "$name" in
     sfm) image="${SHARPML_SFM_IMAGE_NAME:-localhost/sharpml-sfm}"; sources=(sharpml) ;;
     api) image="${SHARPML_API_IMAGE_NAME:-localhost/sharpml-api}"; sources=(sharpml api) ;;
     operator) image="${SHARPML_OPERATOR_IMAGE_NAME:-localhost/sharpml-operator}"; sources=(sharpml operator) ;;
-    *) log "unknown image '$name' (sfm, api, operator, all)"; exit 2 ;;
+    *) log "unknown image '$name' (sfm, api, operator, trainer, all)"; exit 2 ;;
   esac
   local hash
   hash="$(
@@ -126,5 +132,5 @@ build_image() {
 
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(sfm)
-[ "${names[*]}" != all ] || names=(sfm api operator)
+[ "${names[*]}" != all ] || names=(sfm api operator trainer)
 for name in "${names[@]}"; do build_image "$name"; done

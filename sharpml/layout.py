@@ -5,6 +5,7 @@ Layout (the seed's, shared by the API, the operator and the sandboxed SfM pods):
     jobs/{uuid}/images/        normalised, metadata-free photos (0001.jpg, 0002.png, ...)
     jobs/{uuid}/intake.json    what intake kept: per-photo size and focal-length prior
     jobs/{uuid}/colmap/        everything the SfM stage writes (result.json, scene/, preview.splat)
+    jobs/{uuid}/training/      what a cluster training pod writes (untrusted; checked, then moved to output/)
     jobs/{uuid}/output/        deliverables of later stages
     jobs/.incoming-{uuid}/     a set being written; renamed to jobs/{uuid} only when complete
     splats/{uuid}.splat        the delivered splat
@@ -85,6 +86,11 @@ class JobDir:
     @property
     def preview_splat(self) -> Path:
         return self.colmap / "preview.splat"
+
+    @property
+    def training(self) -> Path:
+        """A cluster training pod's only writable mount; its results move into ``output/`` once checked."""
+        return self.root / "training"
 
     @property
     def output(self) -> Path:

@@ -131,6 +131,7 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+_TRAINING_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 _SFM_TOLERATIONS = [{"key": "sharpml.com/sfm", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
 
 SETTINGS: tuple[Setting, ...] = (
@@ -351,7 +352,7 @@ SETTINGS: tuple[Setting, ...] = (
         "SHARPML_SFM_START_TIMEOUT_SECONDS",
         "int",
         600,
-        "an SfM pod unschedulable or not pulled this long fails its job",
+        "an SfM or training pod unschedulable or not pulled this long fails its job",
         "operator",
         1,
     ),
@@ -390,6 +391,72 @@ SETTINGS: tuple[Setting, ...] = (
         "operator",
         0,
         10,
+    ),
+    # spec.training.backend: cluster — a sandboxed training pod on a node of one's own (GPU or CPU).
+    Setting(
+        "SHARPML_TRAINING_IMAGE",
+        "str",
+        "localhost/sharpml-trainer:latest",
+        "the trainer image of cluster training pods",
+        "operator",
+    ),
+    Setting(
+        "SHARPML_TRAINING_IMAGE_PULL_POLICY",
+        "choice",
+        "IfNotPresent",
+        "its pull policy",
+        "operator",
+        choices=("Always", "IfNotPresent", "Never"),
+    ),
+    Setting(
+        "SHARPML_TRAINING_NODE_SELECTOR",
+        "object",
+        {"sharpml.com/role": "train"},
+        "nodeSelector pinning training pods (JSON)",
+        "operator",
+    ),
+    Setting(
+        "SHARPML_TRAINING_TOLERATIONS",
+        "array",
+        _TRAINING_TOLERATIONS,
+        "tolerations of training pods (JSON)",
+        "operator",
+        shown="toleration of `nvidia.com/gpu:NoSchedule` (any value)",
+    ),
+    Setting(
+        "SHARPML_TRAINING_GPUS",
+        "int",
+        1,
+        "`nvidia.com/gpu` a training pod asks for (0: train on the node's CPUs)",
+        "operator",
+        0,
+        8,
+    ),
+    Setting("SHARPML_TRAINING_CPU_REQUEST", "quantity", "2", "training container CPU request", "operator"),
+    Setting("SHARPML_TRAINING_CPU_LIMIT", "quantity", "8", "training container CPU limit", "operator"),
+    Setting(
+        "SHARPML_TRAINING_MEMORY_REQUEST", "quantity", "8Gi", "training container memory request", "operator"
+    ),
+    Setting(
+        "SHARPML_TRAINING_MEMORY_LIMIT",
+        "quantity",
+        "32Gi",
+        "training container memory limit (exceeded: `OutOfMemory`)",
+        "operator",
+    ),
+    Setting(
+        "SHARPML_TRAINING_EPHEMERAL_REQUEST",
+        "quantity",
+        "1Gi",
+        "training ephemeral storage request",
+        "operator",
+    ),
+    Setting(
+        "SHARPML_TRAINING_EPHEMERAL_LIMIT",
+        "quantity",
+        "8Gi",
+        "training ephemeral storage limit, also the `/tmp` emptyDir's size",
+        "operator",
     ),
     Setting(
         "SHARPML_RUNPOD_ENDPOINT_ID",

@@ -61,7 +61,11 @@ def test_crd_training_options_are_the_trainers() -> None:
     training = SCHEMA["spec"]["properties"]["training"]["properties"]
     assert {k: v["default"] for k, v in training.items() if "default" in v} == TRAINING_DEFAULTS
     assert training["backend"]["enum"] == list(TRAINING_BACKENDS) and "default" not in training["backend"]
-    for field, setting in (("steps", "SHARPML_TRAIN_STEPS"), ("maxGaussians", "SHARPML_TRAIN_MAX_GAUSSIANS")):
+    for field, setting in (
+        ("steps", "SHARPML_TRAIN_STEPS"),
+        ("maxGaussians", "SHARPML_TRAIN_MAX_GAUSSIANS"),
+        ("maxImageSize", "SHARPML_TRAIN_MAX_IMAGE_SIZE"),
+    ):
         declared = REGISTRY[setting]
         bounds = (training[field]["minimum"], training[field]["maximum"])
         assert bounds == (declared.minimum, declared.maximum)

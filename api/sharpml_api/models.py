@@ -47,6 +47,9 @@ class JobOptions(BaseModel):
     max_gaussians: int | None = Field(
         None, ge=100, le=10_000_000, description="Cap on the gaussians of the trained splat."
     )
+    train_image_size: int | None = Field(
+        None, ge=32, le=8000, description="Longest photo side used for training (default 1600)."
+    )
     webhook_url: str | None = Field(
         None, max_length=2048, description="http(s) URL that receives a POST when the job finishes."
     )
@@ -111,6 +114,7 @@ class JobOptions(BaseModel):
             "backend": self.training,
             "steps": self.training_steps,
             "maxGaussians": self.max_gaussians,
+            "maxImageSize": self.train_image_size,
         }
         notify = {"webhookURL": self.webhook_url, "email": self.email}
         spec: dict[str, Any] = {
@@ -151,6 +155,7 @@ class Training(BaseModel):
     steps: int
     strategy: str
     max_gaussians: int
+    max_image_size: int = Field(description="Longest photo side used for training.")
     gpu_seconds: float | None = Field(None, description="GPU time billed, in seconds.")
     cost_usd: str | None = Field(None, description="Training cost in US dollars (decimal string).")
     psnr: float | None = Field(None, description="Held-out PSNR of the trained splat, dB.")
@@ -215,6 +220,7 @@ class JobStatus(BaseModel):
                 steps=spec.training_steps,
                 strategy=spec.training_strategy,
                 max_gaussians=spec.max_gaussians,
+                max_image_size=spec.train_image_size,
                 gpu_seconds=status.training.get("gpuSeconds"),
                 cost_usd=status.training.get("costUSD"),
                 psnr=status.training.get("psnr"),

@@ -14,7 +14,11 @@ from sharpml.contract import Phase
 
 PHASES = tuple(str(p) for p in Phase)
 
-PODS_CREATED = Counter("sharpml_sfm_pods_created_total", "SfM pods created by this operator process.")
+PODS_CREATED = Counter(
+    "sharpml_pods_created_total",
+    "Sandboxed stage pods created by this operator process, by stage.",
+    ["stage"],
+)
 STAGE_SECONDS = Histogram(
     "sharpml_stage_duration_seconds",
     "Duration of job stages: queue (queued -> stage pod) and each stage (sfm: pod start -> result).",

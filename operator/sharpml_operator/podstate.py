@@ -7,11 +7,12 @@ ImagePullBackOff, ...) turned into the job's failure reasons, so a user reads "t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sharpml.contract import EXIT_QUALITY_GATE
+from sharpml.contract import EXIT_QUALITY_GATE, EXIT_TRAINING_FAILED
 
 #: Waiting reasons that will not fix themselves: fail the job at once.
 FATAL_WAITING = {"InvalidImageName", "ErrImageNeverPull"}
@@ -23,6 +24,37 @@ RETRIED_WAITING = {
     "CreateContainerError": "ContainerCreateFailed",
     "RunContainerError": "ContainerCreateFailed",
 }
+
+
+@dataclass(frozen=True)
+class PodKind:
+    """What a stage's pod is called in messages, and what its exit codes mean."""
+
+    title: str  # "structure from motion"
+    node: str  # "the SfM node"
+    failed: str  # the reason of an unexplained failure
+    timeout_setting: str
+    memory_setting: str
+    #: Exit codes with a meaning of their own: code -> (reason, message).
+    exits: Mapping[int, tuple[str, str]] = field(default_factory=dict)
+
+
+SFM_POD = PodKind(
+    "structure from motion",
+    "the SfM node",
+    "SfmFailed",
+    "SHARPML_JOB_TIMEOUT_MS",
+    "SHARPML_SFM_MEMORY_LIMIT",
+    {EXIT_QUALITY_GATE: ("QualityGate", "the reconstruction failed the quality gate")},
+)
+TRAINING_POD = PodKind(
+    "training",
+    "the training node",
+    "TrainingFailed",
+    "SHARPML_TRAINING_TIMEOUT_SECONDS",
+    "SHARPML_TRAINING_MEMORY_LIMIT",
+    {EXIT_TRAINING_FAILED: ("TrainingFailed", "the scene could not be trained on, or training diverged")},
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +87,9 @@ def container_status(pod: dict[str, Any]) -> dict[str, Any]:
     return statuses[0] if statuses else {}
 
 
-def classify(pod: dict[str, Any], *, start_timeout: float, now: datetime | None = None) -> PodState:
+def classify(
+    pod: dict[str, Any], *, start_timeout: float, now: datetime | None = None, kind: PodKind = SFM_POD
+) -> PodState:
     """Interpret ``pod`` (a Pod as JSON). Pure: the caller decides what to do with the answer."""
     now = now or datetime.now(UTC)
     status = pod.get("status") or {}
@@ -66,15 +100,13 @@ def classify(pod: dict[str, Any], *, start_timeout: float, now: datetime | None 
     deadline = pod.get("spec", {}).get("activeDeadlineSeconds")
 
     if phase == "Succeeded":
-        return PodState(
-            "succeeded", "Succeeded", "structure from motion finished", terminated.get("exitCode", 0)
-        )
+        return PodState("succeeded", "Succeeded", f"{kind.title} finished", terminated.get("exitCode", 0))
     if phase == "Failed":
         if status.get("reason") == "DeadlineExceeded":
             return PodState(
                 "failed",
                 "Timeout",
-                f"structure from motion exceeded the job timeout of {deadline} s (SHARPML_JOB_TIMEOUT_MS)",
+                f"{kind.title} exceeded its timeout of {deadline} s ({kind.timeout_setting})",
                 terminated.get("exitCode"),
             )
         if terminated.get("reason") == "OOMKilled":
@@ -85,24 +117,27 @@ def classify(pod: dict[str, Any], *, start_timeout: float, now: datetime | None 
             return PodState(
                 "failed",
                 "OutOfMemory",
-                f"structure from motion ran out of memory (OOMKilled at the {limit} limit); "
-                "use fewer or smaller photos, or raise SHARPML_SFM_MEMORY_LIMIT",
+                f"{kind.title} ran out of memory (OOMKilled at the {limit} limit); "
+                f"use fewer or smaller photos, or raise {kind.memory_setting}",
                 terminated.get("exitCode"),
             )
         if status.get("reason") == "Evicted":
-            return PodState("failed", "Evicted", f"the SfM pod was evicted: {status.get('message', '')}")
+            return PodState(
+                "failed", "Evicted", f"the {kind.title} pod was evicted: {status.get('message', '')}"
+            )
         code = terminated.get("exitCode")
-        if code == EXIT_QUALITY_GATE:
-            return PodState("failed", "QualityGate", "the reconstruction failed the quality gate", code)
+        if code in kind.exits:
+            reason, message = kind.exits[code]
+            return PodState("failed", reason, message, code)
         detail = (terminated.get("message") or "").strip().splitlines()[-1:] or [terminated.get("reason", "")]
         return PodState(
             "failed",
-            "SfmFailed",
-            f"structure from motion failed (exit code {code}): {detail[0]}".strip(),
+            kind.failed,
+            f"{kind.title} failed (exit code {code}): {detail[0]}".strip(),
             code,
         )
     if phase == "Running":
-        return PodState("running", "Running", "structure from motion running")
+        return PodState("running", "Running", f"{kind.title} running")
 
     # Pending: not scheduled yet, or the container is not running yet.
     age = _age_seconds(pod, now)
@@ -116,15 +151,15 @@ def classify(pod: dict[str, Any], *, start_timeout: float, now: datetime | None 
         return PodState("starting", reason, msg)
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            msg = f"waiting for the SfM node: {cond.get('message', cond.get('reason', ''))}"
+            msg = f"waiting for {kind.node}: {cond.get('message', cond.get('reason', ''))}"
             if age > start_timeout:
                 return PodState("failed", "Unschedulable", f"{msg} (for more than {start_timeout:.0f} s)")
             return PodState("starting", "Unschedulable", msg)
     if pod.get("spec", {}).get("nodeName"):
-        return PodState("starting", reason or "ContainerCreating", "starting on the SfM node")
+        return PodState("starting", reason or "ContainerCreating", f"starting on {kind.node}")
     return PodState("starting", "Scheduling", "waiting for the scheduler")
 
 
 def is_active(pod: dict[str, Any]) -> bool:
-    """Whether the pod occupies a slot on the SfM node (exists and has not finished)."""
+    """Whether the pod occupies its stage's slot (exists and has not finished)."""
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")

@@ -65,6 +65,8 @@ class TrainingSettings:
     gpu_type: str
     #: US dollars per GPU second: the setting, else RunPod's published price of the GPU type.
     usd_per_second: Decimal
+    #: The training pod of ``backend: cluster``.
+    pod: TrainingPodSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TrainingSettings:
@@ -79,6 +81,38 @@ class TrainingSettings:
             runpod_api_key=value(env, "SHARPML_RUNPOD_API_KEY"),
             gpu_type=gpu_type,
             usd_per_second=Decimal(str(price)) if price else RUNPOD_FLEX_USD_PER_SECOND[gpu_type],
+            pod=TrainingPodSettings.from_env(env),
+        )
+
+
+@dataclass(frozen=True)
+class TrainingPodSettings:
+    """Where and how a cluster training pod runs (the sandbox itself is the SfM pod's)."""
+
+    image: str
+    image_pull_policy: str
+    node_selector: dict[str, str]
+    tolerations: list[dict[str, str]]
+    #: ``nvidia.com/gpu`` in the container's limits; 0 trains on the node's CPUs.
+    gpus: int
+    resources: Resources
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TrainingPodSettings:
+        return cls(
+            image=value(env, "SHARPML_TRAINING_IMAGE"),
+            image_pull_policy=value(env, "SHARPML_TRAINING_IMAGE_PULL_POLICY"),
+            node_selector=dict(value(env, "SHARPML_TRAINING_NODE_SELECTOR")),
+            tolerations=[dict(t) for t in value(env, "SHARPML_TRAINING_TOLERATIONS")],
+            gpus=value(env, "SHARPML_TRAINING_GPUS"),
+            resources=Resources(
+                cpu_request=value(env, "SHARPML_TRAINING_CPU_REQUEST"),
+                cpu_limit=value(env, "SHARPML_TRAINING_CPU_LIMIT"),
+                memory_request=value(env, "SHARPML_TRAINING_MEMORY_REQUEST"),
+                memory_limit=value(env, "SHARPML_TRAINING_MEMORY_LIMIT"),
+                ephemeral_request=value(env, "SHARPML_TRAINING_EPHEMERAL_REQUEST"),
+                ephemeral_limit=value(env, "SHARPML_TRAINING_EPHEMERAL_LIMIT"),
+            ),
         )
 
 
@@ -125,7 +159,7 @@ class S3Settings:
 
 @dataclass(frozen=True)
 class Resources:
-    """Requests and limits of the SfM container (Kubernetes quantities)."""
+    """Requests and limits of a sandboxed container (Kubernetes quantities)."""
 
     cpu_request: str
     cpu_limit: str
@@ -134,7 +168,9 @@ class Resources:
     ephemeral_request: str
     ephemeral_limit: str
 
-    def as_k8s(self) -> dict[str, dict[str, str]]:
+    def as_k8s(self, gpus: int = 0) -> dict[str, dict[str, str]]:
+        """The container's ``resources``; ``gpus`` adds ``nvidia.com/gpu`` (a limit: the request follows)."""
+        extra = {"nvidia.com/gpu": str(gpus)} if gpus else {}
         return {
             "requests": {
                 "cpu": self.cpu_request,
@@ -145,6 +181,7 @@ class Resources:
                 "cpu": self.cpu_limit,
                 "memory": self.memory_limit,
                 "ephemeral-storage": self.ephemeral_limit,
+                **extra,
             },
         }
 

@@ -29,6 +29,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "steps": REGISTRY["SHARPML_TRAIN_STEPS"].default,
     "strategy": "mcmc",
     "maxGaussians": REGISTRY["SHARPML_TRAIN_MAX_GAUSSIANS"].default,
+    "maxImageSize": REGISTRY["SHARPML_TRAIN_MAX_IMAGE_SIZE"].default,
 }
 #: ``spec.ttlSecondsAfterFinished``: a finished job and its files are kept one day.
 TTL_SECONDS_AFTER_FINISHED = 86400
@@ -49,6 +50,7 @@ class JobSpec:
     training_steps: int
     training_strategy: str
     max_gaussians: int
+    train_image_size: int  # spec.training.maxImageSize
     cancel: bool
     ttl_seconds_after_finished: int
     webhook_url: str | None
@@ -71,6 +73,7 @@ class JobSpec:
             training_steps=int(training["steps"]),
             training_strategy=str(training["strategy"]),
             max_gaussians=int(training["maxGaussians"]),
+            train_image_size=int(training["maxImageSize"]),
             cancel=bool(spec.get("cancel", False)),
             ttl_seconds_after_finished=int(spec.get("ttlSecondsAfterFinished", TTL_SECONDS_AFTER_FINISHED)),
             webhook_url=notify.get("webhookURL"),

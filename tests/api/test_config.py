@@ -108,6 +108,7 @@ def test_options_mirror_the_crd():
         ("max_image_size", processing["maxImageSize"]),
         ("training_steps", training["steps"]),
         ("max_gaussians", training["maxGaussians"]),
+        ("train_image_size", training["maxImageSize"]),
         ("ttl_seconds_after_finished", spec["ttlSecondsAfterFinished"]),
     ]:
         assert (allowed(api_name)["minimum"], allowed(api_name)["maximum"]) == (

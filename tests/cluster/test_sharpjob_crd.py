@@ -56,7 +56,7 @@ def test_defaults_are_filled_in(control_plane, sharpjob_crd, namespace):
             "maxImageSize": 1600,
         }
     )
-    expected = {"steps": 7000, "strategy": "mcmc", "maxGaussians": 1_000_000}
+    expected = {"steps": 7000, "strategy": "mcmc", "maxGaussians": 1_000_000, "maxImageSize": 1600}
     assert spec["training"] == TRAINING_DEFAULTS == expected
     assert spec["ttlSecondsAfterFinished"] == TTL_SECONDS_AFTER_FINISHED == 86400
 

@@ -59,7 +59,7 @@ def test_a_price_setting_overrides_the_table():
 def test_worker_progress_maps_into_the_stage_share(output, percent, stage_text):
     stage = TrainingStage(Settings.from_env({}))
     job = _job()
-    stage._report_progress(job, output)
+    stage.report_progress(job, output)
     assert job.patch["progress"] == {"percent": percent, "stage": stage_text}
 
 
@@ -67,7 +67,7 @@ def test_worker_progress_maps_into_the_stage_share(output, percent, stage_text):
 def test_progress_that_is_not_a_record_is_ignored(output):
     stage = TrainingStage(Settings.from_env({}))
     job = _job()
-    stage._report_progress(job, output)
+    stage.report_progress(job, output)
     assert job.patch.get("progress", {"percent": 30}).get("percent") == 30
 
 

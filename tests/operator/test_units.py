@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sharpml_operator import slots
-from sharpml_operator.podspec import deny_all_policy, sfm_pod
-from sharpml_operator.podstate import classify
+from sharpml_operator.podspec import cpu_threads, deny_all_policy, sfm_pod, training_pod
+from sharpml_operator.podstate import TRAINING_POD, classify
 from sharpml_operator.settings import Settings
 from sharpml_operator.slots import QueuedJob
 from sharpml_operator.stages import SfmStage
@@ -135,6 +135,78 @@ def test_pod_spec_is_restricted_pinned_and_mounts_only_the_job():
     assert {v["name"] for v in ps["volumes"]} == {"data", "tmp"}
     pol = deny_all_policy("ns", cfg)
     assert pol["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_training_pod_is_the_sfm_sandbox_on_the_training_node():
+    """backend: cluster — the same restricted, token-less, network-less pod; it reads colmap/ only and
+    writes training/ only (never the photos, never output/), asks for its GPUs, trains what the spec says."""
+    spec = JobSpec.read(
+        {
+            "source": {"upload": {"jobDir": "jobs/abc", "imageCount": 8}},
+            "training": {"backend": "cluster", "steps": 300, "maxGaussians": 5000, "maxImageSize": 320},
+        }
+    )
+    env = {"SHARPML_TRAINING_TIMEOUT_SECONDS": "900", "SHARPML_TRAINING_MEMORY_LIMIT": "12Gi"}
+    where = {"job_name": "j", "job_uid": "u-1", "namespace": "ns", "spec": spec, "job_dir": "jobs/abc"}
+    gpu = training_pod(**where, settings=Settings.from_env(env))
+    sfm = sfm_pod(**where, settings=Settings.from_env(env))
+    ps, c = gpu["spec"], gpu["spec"]["containers"][0]
+    assert gpu["metadata"]["name"] == "train-u-1"
+    assert gpu["metadata"]["labels"]["sharpml.com/stage"] == "train"
+    assert gpu["metadata"]["ownerReferences"] == sfm["metadata"]["ownerReferences"]
+    for same in ("securityContext", "automountServiceAccountToken", "enableServiceLinks", "restartPolicy"):
+        assert ps[same] == sfm["spec"][same], same
+    assert c["securityContext"] == sfm["spec"]["containers"][0]["securityContext"]
+    pol = deny_all_policy("ns", Settings.from_env({}))
+    assert pol["spec"]["podSelector"]["matchLabels"].items() <= gpu["metadata"]["labels"].items()
+    assert ps["activeDeadlineSeconds"] == 900
+    assert ps["nodeSelector"] == {"sharpml.com/role": "train"}
+    assert ps["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert c["image"] == "localhost/sharpml-trainer:latest"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" and c["resources"]["limits"]["memory"] == "12Gi"
+    assert c["command"] == ["python", "-m", "sharpml.train"]
+    assert c["args"] == [
+        "/job/colmap/scene", "/job/training", "--steps", "300", "--max-gaussians", "5000",
+        "--max-image-size", "320", "--device", "cuda",
+    ]  # fmt: skip
+    assert c["volumeMounts"] == [
+        {"name": "data", "mountPath": "/job/colmap", "subPath": "jobs/abc/colmap", "readOnly": True},
+        {"name": "data", "mountPath": "/job/training", "subPath": "jobs/abc/training"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    cpu = training_pod(
+        job_name="j",
+        job_uid="u-1",
+        namespace="ns",
+        spec=spec,
+        job_dir="jobs/abc",
+        settings=Settings.from_env(
+            {"SHARPML_TRAINING_GPUS": "0", "SHARPML_TRAINING_CPU_LIMIT": "1500m",
+             "SHARPML_TRAINING_NODE_SELECTOR": '{"kubernetes.io/hostname": "box"}'}
+        ),
+    )  # fmt: skip
+    c = cpu["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert c["args"][-4:] == ["--device", "cpu", "--threads", "2"]  # PyTorch is told the pod's cores
+    assert cpu["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "box"}
+    assert [cpu_threads(q) for q in ("500m", "2", "2.5", "1k")] == [1, 2, 3, 0]
+
+
+@pytest.mark.parametrize(
+    "pod, reason, words",
+    [
+        (_pod("Failed", **_terminated(6, "Error")), "TrainingFailed", "could not be trained"),
+        (_pod("Failed", containerStatuses=[{"state": {"terminated": {"exitCode": 1, "message": "boom"}}}]),
+         "TrainingFailed", "training failed (exit code 1): boom"),
+        (_pod("Failed", reason="DeadlineExceeded"), "Timeout", "SHARPML_TRAINING_TIMEOUT_SECONDS"),
+        (_pod("Failed", **_terminated(137, "OOMKilled")), "OutOfMemory", "SHARPML_TRAINING_MEMORY_LIMIT"),
+        (_pod("Pending", age=5, conditions=[{"type": "PodScheduled", "status": "False", "message": "no"}]),
+         "Unschedulable", "waiting for the training node: no"),
+    ],
+)  # fmt: skip
+def test_training_pod_status_speaks_of_training(pod, reason, words):
+    got = classify(pod, start_timeout=600, now=NOW, kind=TRAINING_POD)
+    assert got.reason == reason and words in got.message, got
 
 
 def test_settings_name_the_variable_and_rule():

@@ -85,7 +85,7 @@ class SfmStage(Stage):
         )
         try:
             kubernetes.client.CoreV1Api().create_namespaced_pod(job.namespace, manifest)
-            metrics.PODS_CREATED.inc()
+            metrics.PODS_CREATED.labels(stage=self.name).inc()
             created = True
         except ApiException as exc:
             if exc.status == 409:

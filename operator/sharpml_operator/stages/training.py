@@ -1,4 +1,8 @@
-"""Training: Reconstructed → Training → Trained, on RunPod serverless, exactly once.
+"""Training: Reconstructed → Training → Trained, on RunPod serverless exactly once, or in a cluster pod.
+
+``spec.training.backend: cluster`` runs the trainer as a sandboxed pod on a node of one's own
+(:mod:`sharpml_operator.stages.training_pod`); both backends' results go through :meth:`TrainingStage.accept`.
+What follows is the RunPod backend.
 
 The operator has network; the sandboxed SfM pod has none. So the operator packages the SfM scene from
 the shared volume, uploads it to S3, and submits the RunPod job with presigned URLs only (GET for the
@@ -31,6 +35,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -43,10 +48,12 @@ from sharpml.contract.status import now_rfc3339, seconds_since
 from sharpml.layout import TRAIN_RESULT, TRAINED_PLY, TRAINED_SPLAT, JobDir
 from sharpml_operator import jobfiles, metrics
 from sharpml_operator.job import Job
+from sharpml_operator.podspec import TRAINING_STAGE
 from sharpml_operator.runpod_api import RunPod, RunPodRefused, RunPodUnavailable
 from sharpml_operator.settings import GPU, Settings
 from sharpml_operator.snapshot import Snapshot
 from sharpml_operator.stages.base import Stage
+from sharpml_operator.stages.training_pod import ClusterTraining
 from sharpml_operator.storage import Storage, StorageError
 
 log = logging.getLogger("sharpml.operator")
@@ -71,7 +78,7 @@ URL_GRACE_SECONDS = 600
 
 
 class TrainingStage(Stage):
-    name = "train"
+    name = TRAINING_STAGE
     title = "training"
     waiting_for = "a training slot"
     result = "the trained splat (output/scene.splat)"
@@ -87,6 +94,7 @@ class TrainingStage(Stage):
         self.settings = settings
         self._runpod = runpod
         self._storage = storage
+        self.cluster = ClusterTraining(self, settings)
 
     # --- which jobs, and the clients -------------------------------------------------------------------
 
@@ -116,7 +124,12 @@ class TrainingStage(Stage):
         return self._storage
 
     def holders(self, snap: Snapshot) -> set[str]:
-        return set()  # RunPod runs hold no resource of ours; a job holds its slot while it is Training
+        # Training pods not finished (a cancelled one still stopping keeps its slot); RunPod runs hold no
+        # resource of ours: a job holds its slot while it is Training.
+        return snap.active(self.name)
+
+    def started(self, job: Job, snap: Snapshot) -> bool:
+        return self.cluster.started(job, snap)
 
     def job_dir(self, job: Job) -> JobDir:
         return jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir or "")
@@ -132,11 +145,7 @@ class TrainingStage(Stage):
         must be in the status before anything is submitted)."""
         backend = self.backend(job)
         if backend == "cluster":
-            job.fail(
-                "BackendUnavailable",
-                "spec.training.backend: cluster (a training pod in this cluster) is not available in this "
-                "release; use runpod or none",
-            )
+            self.cluster.start(job, snap)
             return
         if not (self.settings.training.runpod_endpoint_id and self.settings.training.runpod_api_key):
             job.fail(
@@ -165,6 +174,9 @@ class TrainingStage(Stage):
     # --- observe -------------------------------------------------------------------------------------
 
     def observe(self, job: Job, snap: Snapshot) -> None:
+        if self.backend(job) == "cluster":
+            self.cluster.observe(job, snap)
+            return
         t = dict(job.patch.view().get("training") or {})
         retry_at = t.get("retryAt")
         if retry_at and (seconds_since(retry_at) or 0) < 0:
@@ -239,7 +251,11 @@ class TrainingStage(Stage):
                 ),
                 "get": self.storage.presign_get(self.key(job, prefix + "claim.json"), ttl),
             },
-            "options": {"steps": job.spec.training_steps, "max_gaussians": job.spec.max_gaussians},
+            "options": {
+                "steps": job.spec.training_steps,
+                "max_gaussians": job.spec.max_gaussians,
+                "max_image_size": job.spec.train_image_size,
+            },
         }
         if self.storage.exists(preview_key):
             job_input["preview_url"] = self.storage.presign_get(preview_key, ttl)
@@ -284,7 +300,7 @@ class TrainingStage(Stage):
             job.patch.message(f"RunPod job {runpod_id} is waiting for a GPU worker")
             return
         if state == "IN_PROGRESS":
-            self._report_progress(job, record.get("output"))
+            self.report_progress(job, record.get("output"))
             return
         t = self._record_run(job, t, runpod_id, record)
         output = record.get("output")
@@ -299,7 +315,8 @@ class TrainingStage(Stage):
         else:  # CANCELLED, not by us (a cancelled SharpJob is not followed any more)
             job.fail("TrainingCancelled", f"RunPod job {runpod_id} was cancelled outside SharpML")
 
-    def _report_progress(self, job: Job, output: Any) -> None:
+    def report_progress(self, job: Job, output: Any) -> None:
+        """A worker's ``{stage, fraction, message}`` record (untrusted) as the job's progress."""
         if not isinstance(output, dict):
             job.patch.progress(self.share[0], "training: starting")
             return
@@ -384,23 +401,16 @@ class TrainingStage(Stage):
         job.event("TrainingRetry", f"attempt {attempt} failed: {error}; attempt {nxt} follows", warning=True)
 
     def _collect(self, job: Job, t: dict[str, Any]) -> None:
-        """Fetch the results (bounded, validated) into the job's output/, then Trained."""
+        """Fetch the results (bounded) into a staging folder beside output/, then :meth:`accept` them."""
         directory = self.job_dir(job)
         prefix = f"{t['requestId']}/"
-        cap = job.spec.max_gaussians
-        limits = {
-            TRAIN_RESULT: MAX_RESULT_BYTES,
-            TRAINED_SPLAT: cap * 32,
-            TRAINED_PLY: cap * PLY_BYTES_PER_GAUSSIAN + PLY_HEADER_BYTES,
-        }
         directory.output.mkdir(mode=0o750, exist_ok=True)
-        # Fetched and checked aside, moved into output/ only when valid: nothing untrusted is left behind.
         staging = directory.output / f".incoming-{t['requestId']}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o750)
         try:
             try:
-                for name, limit in limits.items():
+                for name, limit in result_limits(job.spec.max_gaussians).items():
                     self.storage.get_bounded(self.key(job, prefix + name), staging / name, limit)
             except StorageError as exc:
                 if exc.retryable:
@@ -408,23 +418,40 @@ class TrainingStage(Stage):
                 reason = "ResultMalformed" if exc.reason == "too-large" else "ResultMissing"
                 job.fail(reason, f"the training run finished but its results could not be read: {exc}")
                 return
-            try:
-                result = TrainResult.read(staging / TRAIN_RESULT)
-                gaussians = count_gaussians(staging / TRAINED_SPLAT)
-            except (OSError, ValueError, RecordError) as exc:
-                job.fail("ResultMalformed", f"the training results are not valid: {exc}")
-                return
-            if not result.ok or gaussians > cap or gaussians != result.gaussians:
-                job.fail(
-                    "ResultMalformed",
-                    f"the training results are not valid: ok={result.ok}, {gaussians} gaussians in the "
-                    f"splat, {result.gaussians} in the record, cap {cap}",
-                )
-                return
-            for name in limits:
-                os.replace(staging / name, directory.output / name)
+            self.accept(job, t, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def accept(self, job: Job, t: dict[str, Any], source: Path) -> None:
+        """Check the results in ``source`` as untrusted (regular files, bounded, a valid record whose
+        gaussian count is the splat's and within the cap), move them into output/ and enter Trained;
+        else fail the job, leaving nothing of them in output/."""
+        directory = self.job_dir(job)
+        cap = job.spec.max_gaussians
+        limits = result_limits(cap)
+        try:
+            for name, limit in limits.items():
+                st = os.lstat(source / name)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                    raise ValueError(f"{name}: not a regular file of at most {limit} bytes")
+            result = TrainResult.read(source / TRAIN_RESULT)
+            gaussians = count_gaussians(source / TRAINED_SPLAT)
+        except FileNotFoundError as exc:
+            job.fail("ResultMissing", f"the training run finished without its results: {exc.filename}")
+            return
+        except (OSError, ValueError, RecordError) as exc:
+            job.fail("ResultMalformed", f"the training results are not valid: {exc}")
+            return
+        if not result.ok or gaussians > cap or gaussians != result.gaussians:
+            job.fail(
+                "ResultMalformed",
+                f"the training results are not valid: ok={result.ok}, {gaussians} gaussians in the "
+                f"splat, {result.gaussians} in the record, cap {cap}",
+            )
+            return
+        directory.output.mkdir(mode=0o750, exist_ok=True)
+        for name in limits:
+            os.replace(source / name, directory.output / name)
         t = {
             **t,
             "steps": result.steps,
@@ -438,7 +465,6 @@ class TrainingStage(Stage):
         job.patch["training"] = t
         job.patch.stamp(self.done_stamp)
         job.patch.progress(self.share[1], "trained")
-        metrics.JOB_TRAINING_COST_USD.observe(float(t["costUSD"]))
         metrics.STAGE_SECONDS.labels(stage=self.name).observe(
             max(0.0, seconds_since(job.timestamps.get(self.started_stamp)) or 0.0)
         )
@@ -447,18 +473,22 @@ class TrainingStage(Stage):
             if "psnr" in t
             else "no held-out photos"
         )
+        if "costUSD" in t:  # RunPod: what it cost
+            metrics.JOB_TRAINING_COST_USD.observe(float(t["costUSD"]))
+            where = f"{t['gpuSeconds']} GPU s, ${t['costUSD']} ({len(t['runs'])} RunPod run(s))"
+        else:
+            where = f"in the cluster on {result.device or 'an unknown device'} in {t['seconds']} s"
         job.enter(
-            self.done,
-            "TrainingSucceeded",
-            f"{result.steps} steps, {gaussians} gaussians, {quality}; "
-            f"{t['gpuSeconds']} GPU s, ${t['costUSD']} ({len(t['runs'])} RunPod run(s))",
+            self.done, "TrainingSucceeded", f"{result.steps} steps, {gaussians} gaussians, {quality}; {where}"
         )
 
     # --- stop ----------------------------------------------------------------------------------------
 
     def stop(self, job: Job, snap: Snapshot) -> bool:
         """Cancel the run being followed, and remove the scene so that a run whose id was lost in a
-        crash cannot start working on it."""
+        crash cannot start working on it (the cluster backend: delete the pod)."""
+        if self.backend(job) == "cluster":
+            return self.cluster.stop(job)
         t = job.status.training
         if self.backend(job) != "runpod" or not t.get("requestId"):
             return False
@@ -478,9 +508,21 @@ class TrainingStage(Stage):
         return asked
 
     def stopped(self, job: Job, snap: Snapshot) -> bool:
-        """RunPod runs cannot be waited for; stop() has cancelled them and removed their inputs."""
+        """RunPod runs cannot be waited for (stop() has cancelled them and removed their inputs); a
+        training pod can."""
+        if self.backend(job) == "cluster":
+            return self.cluster.stopped(job, snap)
         self.stop(job, snap)
         return True
+
+
+def result_limits(cap: int) -> dict[str, int]:
+    """The largest each result file may be for a job capped at ``cap`` gaussians."""
+    return {
+        TRAIN_RESULT: MAX_RESULT_BYTES,
+        TRAINED_SPLAT: cap * 32,
+        TRAINED_PLY: cap * PLY_BYTES_PER_GAUSSIAN + PLY_HEADER_BYTES,
+    }
 
 
 def _plain_files(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
