@@ -243,3 +243,17 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
         yield name
     finally:
         control_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def trainer_image() -> str:
+    """The trainer image on the local Debian base (cached by content: a no-op when nothing changed)."""
+    proc = subprocess.run(
+        ["bash", str(REPO / "hack" / "build-images.sh"), "trainer"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"hack/build-images.sh trainer failed:\n{proc.stderr[-3000:]}", pytrace=False)
+    return proc.stdout.strip().splitlines()[-1]

@@ -106,3 +106,21 @@ def test_entry_points_start_read_only(images) -> None:
     # The API gets past its imports and settings to the cluster: outside a pod it has no service account.
     api = run(images["api"], "sharpml-api")
     assert api.returncode != 0 and "Service host/port is not set" in api.stderr, api.stderr
+
+
+def test_trainer_image_runs_both_entry_points_read_only(trainer_image) -> None:
+    """The trainer image (CPU base here): the non-root UID, torch/gsplat/pycolmap/runpod and none of the
+    cluster's clients, no pip or compiler; the training pod's command and the RunPod worker both start."""
+    found, tools = probe(trainer_image)
+    uid, gid, *modules = found
+    assert (uid, gid) == ("10001", "10001")
+    assert {"torch", "runpod", "pycolmap", "numpy"} <= set(modules), modules
+    assert not {"kopf", "kubernetes", "prometheus_client"} & set(modules), modules
+    assert tools == [], f"build tools in the final image: {tools}"
+    pod = run(trainer_image, "python", "-m", "sharpml.train", "--help")
+    assert pod.returncode == 0 and "--max-gaussians" in pod.stdout, pod.stderr
+    # The worker's handler module imports (torch, gsplat and the SDK) without a writable root.
+    worker = run(
+        trainer_image, "python", "-c", "import sharpml.train.runpod_worker as w, gsplat; print(w.handler)"
+    )
+    assert worker.returncode == 0 and "function handler" in worker.stdout, worker.stderr

@@ -10,14 +10,12 @@ GPU node.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sharpml.contract import TrainResult, count_gaussians
-from tests.conftest import REPO
 from tests.operator.conftest import (
     create,
     events_for,
@@ -30,20 +28,6 @@ from tests.operator.conftest import (
 pytestmark = [pytest.mark.cluster, pytest.mark.podman, pytest.mark.slow]
 
 QUICK = {"backend": "cluster", "steps": 20, "maxGaussians": 2000, "maxImageSize": 64}
-
-
-@pytest.fixture(scope="session")
-def trainer_image() -> str:
-    """The trainer image on the local Debian base (cached by content: a no-op when nothing changed)."""
-    proc = subprocess.run(
-        ["bash", str(REPO / "hack" / "build-images.sh"), "trainer"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"hack/build-images.sh trainer failed:\n{proc.stderr[-3000:]}", pytrace=False)
-    return proc.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture
