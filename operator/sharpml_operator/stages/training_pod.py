@@ -93,8 +93,13 @@ class ClusterTraining:
             return
         if state.state == "succeeded":
             t = dict(job.patch.view().get("training") or {})
+            # An operator killed after moving the results but before the status said so finds them in
+            # output/ (moving a file onto itself changes nothing): accepted again, never lost.
+            source = directory.training
+            if not (source / TRAIN_RESULT).exists() and (directory.output / TRAIN_RESULT).exists():
+                source = directory.output
             try:
-                self.stage.accept(job, t, directory.training)
+                self.stage.accept(job, t, source)
             finally:
                 shutil.rmtree(directory.training, ignore_errors=True)
             return
