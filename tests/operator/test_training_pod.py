@@ -72,7 +72,8 @@ def test_cluster_training_pod_trains_once_through_an_operator_restart(
     photos. The operator is killed while the pod trains: the new one adopts that pod, never starts another."""
     op = cluster_training()
     job_dir = data_volume.new_job(scene_uploads)
-    training = {**QUICK, "steps": 200, "maxGaussians": 20000, "maxImageSize": 120}
+    # Training is repeatable bit for bit on CPU, so the quality bar is met on every run or on none.
+    training = {**QUICK, "steps": 120, "maxGaussians": 20000, "maxImageSize": 96}
     create(control_plane, namespace, sharpjob("pod-train", job_dir, len(scene_uploads), training=training))
     seen: list[str] = []
 
@@ -107,14 +108,14 @@ def test_cluster_training_pod_trains_once_through_an_operator_restart(
     assert (
         t["backend"] == "cluster" and t["pod"] == pod["metadata"]["name"] == f"train-{job['metadata']['uid']}"
     )
-    assert t["steps"] == 200 and t["psnr"] > t["previewPsnr"] + 1.0, t
+    assert t["steps"] == 120 and t["psnr"] > t["previewPsnr"] + 1.0, t
     assert "costUSD" not in t and "runs" not in t  # nothing billed: one's own node
     # Results checked and moved into output/; the pod's own directory is gone.
     root = data_volume.root / job_dir
     record = TrainResult.read(root / "output" / "result.json")
     assert (
         record.ok
-        and record.device == "cpu"
+        and record.device.startswith("cpu")
         and count_gaussians(root / "output" / "scene.splat") == t["gaussians"]
     )
     assert (root / "output" / "point_cloud.ply").read_bytes().startswith(b"ply\n")
