@@ -129,8 +129,15 @@ class NodeAgent:
     def _podman(
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
+        # In the agent's own directory: conmon writes a file named `oom` into its working directory when a
+        # container is OOM-killed, which from the repository root left a stray `oom` in the checkout.
         proc = subprocess.run(
-            ["podman", *args], capture_output=True, text=True, env=self.env, timeout=timeout
+            ["podman", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            cwd=self.state_dir,
         )
         if check and proc.returncode != 0:
             raise RuntimeError(f"podman {' '.join(args[:3])}... failed: {proc.stderr.strip()}")
