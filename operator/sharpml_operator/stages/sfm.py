@@ -86,7 +86,7 @@ class SfmStage(Stage):
     def _placement(self, busy: set[str], snap: Snapshot) -> Placement:
         """Called with the lock held."""
         node_of: dict[str, str | None] = dict(self._reserved)
-        for (stage, uid), store in snap.pods.items():
+        for (stage, uid), store in list(snap.pods.items()):  # kopf's event loop updates the index meanwhile
             pod = next(iter(store), None)
             if stage == self.name and pod is not None:
                 node_of[uid] = pod_node(pod)
