@@ -1,7 +1,8 @@
 """Several SfM nodes share the SfM queue: SHARPML_SFM_CONCURRENCY slots on each Ready SfM node.
 
 Two SfM nodes, each with its own node agent (a kubelet stand-in running pods with podman), one slot each:
-jobs wait while no node matches, then four jobs run over both nodes, never two at once on one node.
+jobs wait while no node matches, then four jobs run over both nodes, never two at once on one node, with
+the operator SIGKILLed once two pods are placed (the restarted one counts them on their nodes).
 """
 
 from __future__ import annotations
@@ -64,6 +65,19 @@ def test_two_sfm_nodes_share_the_queue_one_pod_each_at_a_time(
     # Two SfM nodes join the pool (one kubectl call labels both).
     agents = [add_sfm_node(f"{ns}-a"), add_sfm_node(f"{ns}-b")]
     cp.kubectl("label", "node", *(a.node_name for a in agents), f"{POOL_LABEL}={ns}")
+
+    # Once two pods are placed (each node's one slot), SIGKILL the operator: the new one has no memory of
+    # its choices and must count the pods on their nodes from the cluster.
+    wait_for(
+        cp,
+        ns,
+        names[1],
+        lambda _: sum(_status(get_job(cp, ns, n)).get("phase") not in (None, "Queued") for n in names) >= 2,
+        what="two jobs past Queued",
+        operator=op,
+    )
+    op.kill()
+    op.start()
 
     for name in names:
         job = wait_phase(cp, ns, name, "Complete", "Failed", timeout=300, operator=op)
