@@ -308,13 +308,18 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("Always", "IfNotPresent", "Never"),
     ),
     Setting(
-        "SHARPML_SFM_CONCURRENCY", "int", 1, "SfM pods at once (the SfM node's queue slots)", "operator", 1
+        "SHARPML_SFM_CONCURRENCY",
+        "int",
+        1,
+        "SfM pods at once on each SfM node (the queue's slots: this times the ready SfM nodes)",
+        "operator",
+        1,
     ),
     Setting(
         "SHARPML_SFM_NODE_SELECTOR",
         "object",
         {"sharpml.com/role": "sfm"},
-        "nodeSelector pinning SfM pods (JSON)",
+        "nodeSelector of the SfM nodes: every node it matches shares the SfM queue (JSON)",
         "operator",
     ),
     Setting(

@@ -47,6 +47,8 @@ SFM_NODE_SELECTOR = {"sharpml.com/role": "sfm"}
 SFM_TOLERATION = {"key": "sharpml.com/sfm", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 # An ordinary node, so that "scheduled onto the SfM node and not elsewhere" has an elsewhere.
 WORKER_NODE_NAME = "worker-1"
+# On the further SfM nodes single tests add (tests/operator/conftest.py: add_sfm_node) and remove.
+TEST_NODE_LABEL = "sharpml.com/test-node"
 
 
 def _load_hack(name: str):
@@ -205,7 +207,11 @@ class SfmNode:
 
 @pytest.fixture(scope="session")
 def sfm_node(control_plane: ControlPlane) -> SfmNode:
-    """The SfM node (labels SFM_NODE_LABELS, taint SFM_TAINT) plus one ordinary worker node."""
+    """The SfM node (labels SFM_NODE_LABELS, taint SFM_TAINT) plus one ordinary worker node.
+
+    SfM nodes a test added and could not remove (a killed run on a kept control plane) are deleted first:
+    with no kubelet behind them they would stay Ready, and operators would send pods there."""
+    control_plane.kubectl("delete", "nodes", "-l", TEST_NODE_LABEL, "--ignore-not-found")
     _ensure_node(control_plane, SFM_NODE_NAME, SFM_NODE_LABELS, [SFM_TAINT])
     _ensure_node(
         control_plane,

@@ -2,7 +2,8 @@
 
 Every step is idempotent and driven by what the cluster says now (level-triggered): the SharpJob's
 status is the job's state, stage pods are named after the job's uid, and the queues are recomputed
-from kopf indexes of SharpJobs and stage pods. An operator killed at any moment resumes where it was.
+from kopf indexes of SharpJobs, stage pods and SfM nodes. An operator killed at any moment resumes where
+it was.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sharpml.contract import (
 )
 from sharpml_operator import cleanup, metrics
 from sharpml_operator.job import Job
+from sharpml_operator.nodes import NodeView, matches_selector, problem
 from sharpml_operator.pipeline import Pipeline
 from sharpml_operator.settings import Settings
 from sharpml_operator.slots import QueuedJob
@@ -43,7 +45,9 @@ _TASKS: set[asyncio.Task[None]] = set()  # background tasks, referenced so they 
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, finished_jobs: kopf.Index, **_: Any) -> None:
+async def configure(
+    settings: kopf.OperatorSettings, finished_jobs: kopf.Index, sfm_nodes: kopf.Index, **_: Any
+) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -59,12 +63,19 @@ async def configure(settings: kopf.OperatorSettings, finished_jobs: kopf.Index, 
     # A job deleted while its reconcile timer runs keeps its finalizer until kopf sees the timer gone:
     # check every second, not kopf's default minute (see cleanup.py).
     settings.background.cancellation_polling = 1.0
+
+    def nodes_ready() -> int:
+        views = [v for store in list(sfm_nodes.values()) for v in store]
+        return sum(problem(v, CFG.tolerations) is None for v in views)
+
+    metrics.SFM_NODES_READY.set_function(nodes_ready)
+    metrics.SFM_CAPACITY.set_function(lambda: nodes_ready() * CFG.node_concurrency)
     metrics.serve(CFG.metrics_port, CFG.data_dir)
     _TASKS.add(asyncio.get_running_loop().create_task(_retention(finished_jobs), name="sharpml-retention"))
     log.info(
-        "sharpml-operator: image=%s concurrency=%d data=%s node selector=%s",
+        "sharpml-operator: image=%s concurrency per SfM node=%d data=%s node selector=%s",
         CFG.image,
-        CFG.concurrency,
+        CFG.node_concurrency,
         CFG.data_dir,
         CFG.node_selector,
     )
@@ -122,8 +133,16 @@ def finished_jobs(
     }
 
 
-def _snapshot(sharpjob_queue: kopf.Index, stage_pods: kopf.Index) -> Snapshot:
-    return Snapshot(list(sharpjob_queue.get(None, [])), stage_pods)
+@kopf.index("nodes")
+def sfm_nodes(name: str, labels: Any, spec: Any, status: Any, **_: Any) -> dict[str, NodeView]:
+    """The nodes the SfM node selector matches, ready or not (a job waiting for one says why none is)."""
+    if not matches_selector(labels, CFG.node_selector):
+        return {}
+    return {name: NodeView.read(name, spec, status)}
+
+
+def _snapshot(sharpjob_queue: kopf.Index, stage_pods: kopf.Index, sfm_nodes: kopf.Index) -> Snapshot:
+    return Snapshot(list(sharpjob_queue.get(None, [])), stage_pods, sfm_nodes)
 
 
 # --- create / resume: admission -----------------------------------------------------------------------------
@@ -139,6 +158,7 @@ def admit(
     patch: kopf.Patch,
     sharpjob_queue: kopf.Index,
     stage_pods: kopf.Index,
+    sfm_nodes: kopf.Index,
     **_: Any,
 ) -> None:
     """A new job is checked and queued; an existing one (operator restart) is left to the timer."""
@@ -148,7 +168,7 @@ def admit(
     job = Job.from_kopf(body, spec, status, meta)
     sequence = _FIRST_REVISION.get(job.uid) or _revision(meta)
     try:
-        PIPELINE.admit(job, _snapshot(sharpjob_queue, stage_pods), sequence)
+        PIPELINE.admit(job, _snapshot(sharpjob_queue, stage_pods, sfm_nodes), sequence)
     finally:
         patch.status.update(job.patch)
 
@@ -169,12 +189,13 @@ def reconcile(
     patch: kopf.Patch,
     sharpjob_queue: kopf.Index,
     stage_pods: kopf.Index,
+    sfm_nodes: kopf.Index,
     **_: Any,
 ) -> None:
     """The level-triggered step of an active job (pipeline.Pipeline.step)."""
     job = Job.from_kopf(body, spec, status, meta)
     try:
-        PIPELINE.step(job, _snapshot(sharpjob_queue, stage_pods))
+        PIPELINE.step(job, _snapshot(sharpjob_queue, stage_pods, sfm_nodes))
     finally:
         patch.status.update(job.patch)
 
@@ -184,12 +205,19 @@ def reconcile(
 
 @kopf.on.delete(*RESOURCE)
 def finalize(
-    body: Any, spec: Any, status: Any, meta: Any, sharpjob_queue: kopf.Index, stage_pods: kopf.Index, **_: Any
+    body: Any,
+    spec: Any,
+    status: Any,
+    meta: Any,
+    sharpjob_queue: kopf.Index,
+    stage_pods: kopf.Index,
+    sfm_nodes: kopf.Index,
+    **_: Any,
 ) -> None:
     """Stop what runs for the job, wait until it is gone, then delete its working files."""
     job = Job.from_kopf(body, spec, status, meta)
     try:
-        cleanup.finalize(job, _snapshot(sharpjob_queue, stage_pods), PIPELINE, CFG)
+        cleanup.finalize(job, _snapshot(sharpjob_queue, stage_pods, sfm_nodes), PIPELINE, CFG)
     except cleanup.StillRunning as exc:
         raise kopf.TemporaryError(str(exc), delay=1) from None
     metrics.JOBS_BY_PHASE.observe(job.uid, None)

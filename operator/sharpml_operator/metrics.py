@@ -88,6 +88,14 @@ QUEUE_DEPTH = Gauge("sharpml_sfm_queue_depth", "SharpJobs waiting in the SfM que
 QUEUE_DEPTH.set_function(lambda: JOBS_BY_PHASE.count("Queued"))
 SFM_RUNNING = Gauge("sharpml_sfm_running", "SharpJobs whose SfM pod runs (phase Reconstructing).")
 SFM_RUNNING.set_function(lambda: JOBS_BY_PHASE.count("Reconstructing"))
+# Computed at scrape time from the operator's index of SfM nodes (handlers.configure sets the functions).
+SFM_NODES_READY = Gauge(
+    "sharpml_sfm_nodes_ready", "SfM nodes that can take SfM pods now (Ready, schedulable, taints tolerated)."
+)
+SFM_CAPACITY = Gauge(
+    "sharpml_sfm_capacity",
+    "SfM pods that may run at once: SHARPML_SFM_CONCURRENCY times the ready SfM nodes.",
+)
 
 
 class _RunLedger:

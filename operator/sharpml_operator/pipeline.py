@@ -17,7 +17,7 @@ from sharpml.contract import PIPELINE, RESTING, Phase
 from sharpml_operator import jobfiles
 from sharpml_operator.job import Job
 from sharpml_operator.settings import Settings
-from sharpml_operator.slots import QueuedJob, decide
+from sharpml_operator.slots import QueuedJob, decide, occupied
 from sharpml_operator.snapshot import Snapshot
 from sharpml_operator.stages import SfmStage, Stage, TrainingStage
 
@@ -28,7 +28,6 @@ class Pipeline:
         self.stages: list[Stage] = (
             stages if stages is not None else [SfmStage(settings), TrainingStage(settings)]
         )
-        self.capacity = settings.slots()
 
     def running_in(self, phase: Phase) -> Stage | None:
         return next((s for s in self.stages if s.runs_in is phase), None)
@@ -60,7 +59,7 @@ class Pipeline:
         me = QueuedJob(
             job.uid, job.namespace, job.name, Phase.QUEUED, job.meta["creationTimestamp"], sequence
         )
-        self.step(job, Snapshot([*snap.without(job.uid).jobs, me], snap.pods))
+        self.step(job, Snapshot([*snap.without(job.uid).jobs, me], snap.pods, snap.nodes))
 
     # --- every tick of an active job ---
 
@@ -79,20 +78,17 @@ class Pipeline:
             self._complete(job)
 
     def _queue(self, stage: Stage, job: Job, snap: Snapshot) -> None:
-        decision = decide(
-            job.uid,
-            snap.jobs,
-            stage.holders(snap),
-            self.capacity[stage.slot],
-            running=stage.runs_in,
-            waits_in=stage.waits_in,
-        )
+        busy = occupied(snap.jobs, stage.holders(snap), stage.runs_in)
+        decision = decide(job.uid, snap.jobs, busy, stage.free_slots(busy, snap), waits_in=stage.waits_in)
         if decision.admit or stage.started(job, snap):
             stage.start(job, snap)
-        elif decision.position is not None and job.status.queue_position != decision.position:
-            job.patch["queuePosition"] = decision.position
-            job.patch.message(stage.waiting_message(decision.position))
-            job.patch.progress(stage.share[0], f"queued (position {decision.position})")
+        elif decision.position is not None:
+            # The message is written whenever it changes (the SfM nodes' state is part of it), the rest only
+            # when the position does.
+            job.patch.message(stage.waiting_message(decision.position, snap))
+            if job.status.queue_position != decision.position:
+                job.patch["queuePosition"] = decision.position
+                job.patch.progress(stage.share[0], f"queued (position {decision.position})")
 
     def _complete(self, job: Job) -> None:
         """The last stage's result is the deliverable: the job is done."""

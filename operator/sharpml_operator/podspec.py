@@ -1,6 +1,8 @@
 """The sandboxed pods (SfM, and cluster training) and the deny-all NetworkPolicy that isolates them.
 
-Everything that makes the sandbox is here, in one place: pinned to the SfM node, no service account
+Everything that makes the sandbox is here, in one place: pinned to its node (the node selector and
+tolerations; an SfM pod also by a required affinity to the one SfM node the operator chose for it:
+``nodes.py``), no service account
 token, no service links, no network (the policy), Pod Security "restricted" (fixed non-root UID, no
 privilege escalation, no capabilities, RuntimeDefault seccomp, read-only root with an emptyDir for
 /tmp), a deadline, and exactly two mounts of the shared data volume. The SfM pod: the job directory
@@ -22,6 +24,7 @@ from sharpml.contract import (
     STAGE_LABEL,
     JobSpec,
 )
+from sharpml_operator.nodes import pin_to
 from sharpml_operator.settings import Settings
 
 SFM_STAGE = "sfm"
@@ -106,11 +109,19 @@ def cpu_threads(quantity: str) -> int:
 
 
 def sfm_pod(
-    *, job_name: str, job_uid: str, namespace: str, spec: JobSpec, job_dir: str, settings: Settings
+    *,
+    job_name: str,
+    job_uid: str,
+    namespace: str,
+    spec: JobSpec,
+    job_dir: str,
+    settings: Settings,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """The pod manifest for one SharpJob's SfM stage. ``job_dir`` is relative to the data volume root."""
+    """The pod manifest for one SharpJob's SfM stage. ``job_dir`` is relative to the data volume root;
+    ``node``: the SfM node it must run on (required node affinity), else any node the selector matches."""
     job_dir = job_dir.strip("/")
-    return _sandboxed_pod(
+    pod = _sandboxed_pod(
         name=pod_name(job_uid),
         stage=SFM_STAGE,
         job_name=job_name,
@@ -132,6 +143,9 @@ def sfm_pod(
             {"name": "data", "mountPath": f"{JOB_MOUNT}/colmap", "subPath": f"{job_dir}/colmap"},
         ],
     )
+    if node is not None:
+        pod["spec"]["affinity"] = pin_to(node)
+    return pod
 
 
 def training_pod(

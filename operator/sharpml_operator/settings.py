@@ -1,7 +1,8 @@
 """Operator configuration: the registry's ``SHARPML_*`` values (:mod:`sharpml.settings`), read once.
 
-The defaults describe the production set-up: one SfM node (the Mac mini) labelled and tainted for SfM,
-one COLMAP pod at a time, the shared data volume mounted by every SharpML component.
+The defaults describe the production set-up: SfM nodes (the Mac mini, and any added beside it) labelled
+and tainted for SfM, one COLMAP pod at a time on each, the shared data volume mounted by every SharpML
+component.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _defaults(env: Mapping[str, str] = {}) -> dict[str, Any]:
     return {
         "image": value(env, "SHARPML_SFM_IMAGE"),
         "image_pull_policy": value(env, "SHARPML_SFM_IMAGE_PULL_POLICY"),
-        "concurrency": value(env, "SHARPML_SFM_CONCURRENCY"),
+        "node_concurrency": value(env, "SHARPML_SFM_CONCURRENCY"),
         "node_selector": dict(value(env, "SHARPML_SFM_NODE_SELECTOR")),
         "tolerations": [dict(t) for t in value(env, "SHARPML_SFM_TOLERATIONS")],
         "resources": Resources(
@@ -192,8 +193,9 @@ class Settings:
 
     image: str
     image_pull_policy: str
-    #: How many SfM pods may run at once (the SfM node's capacity).
-    concurrency: int
+    #: How many SfM pods may run at once on each SfM node (the SfM queue's capacity is this times the
+    #: SfM nodes that can take pods now: ``nodes.py``).
+    node_concurrency: int
     node_selector: dict[str, str]
     tolerations: list[dict[str, str]]
     resources: Resources
@@ -215,7 +217,3 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         return cls(**_defaults(os.environ if env is None else env))
-
-    def slots(self) -> dict[str, int]:
-        """Queue slots per kind of resource."""
-        return {SFM_NODE: self.concurrency, GPU: self.training.concurrency}

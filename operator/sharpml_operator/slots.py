@@ -56,18 +56,14 @@ class Decision:
 
 
 def decide(
-    uid: str,
-    jobs: list[QueuedJob],
-    holders: set[str],
-    capacity: int,
-    *,
-    running: Phase,
-    waits_in: Collection[Phase],
+    uid: str, jobs: list[QueuedJob], busy: set[str], free: int, *, waits_in: Collection[Phase]
 ) -> Decision:
-    """Whether job ``uid`` may take a slot now, else its position in the queue."""
-    busy = occupied(jobs, holders, running)
+    """Whether job ``uid`` may take a slot now, else its position in the queue.
+
+    ``busy``: the jobs holding a slot (:func:`occupied`); ``free``: how many slots are free now (a fixed
+    capacity less ``busy`` for the GPU queue; the SfM nodes' free slots for SfM: see ``nodes.py``).
+    """
     line = waiting(jobs, busy, waits_in)
-    free = max(0, capacity - len(busy))
     for pos, job in enumerate(line):
         if job.uid == uid:
             return Decision(

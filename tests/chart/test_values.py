@@ -167,7 +167,8 @@ def test_rbac_is_least_privilege(helm: Helm, rendered: list[dict[str, Any]]) -> 
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], role["metadata"]["name"]
             assert "secrets" not in rule["resources"], "nothing in SharpML reads Secrets through the API"
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
-    # Namespaced by default: the only cluster-wide grant is reading CRDs and namespaces (kopf's discovery).
+    # Namespaced by default: the only cluster-wide grant is reading CRDs and namespaces (kopf's discovery)
+    # and nodes (the SfM nodes' slots).
     (cluster_role,) = [r for r in roles if r["kind"] == "ClusterRole"]
     assert cluster_role["rules"] == [
         {
@@ -176,6 +177,7 @@ def test_rbac_is_least_privilege(helm: Helm, rendered: list[dict[str, Any]]) -> 
             "verbs": ["get", "list", "watch"],
         },
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
     ]
     api = _rules(rendered, "Role", "-api")
     assert {(r["apiGroups"][0], r["resources"][0]): set(r["verbs"]) for r in api} == {

@@ -26,7 +26,16 @@ from sharpml.config import IntakeLimits
 from sharpml.intake import Upload, ingest
 from sharpml.layout import DataDir
 from sharpml.synthetic import write_dataset
-from tests.conftest import REPO, SFM_NODE_NAME, ControlPlane, SfmNode
+from tests.conftest import (
+    REPO,
+    SFM_NODE_LABELS,
+    SFM_NODE_NAME,
+    SFM_TAINT,
+    TEST_NODE_LABEL,
+    ControlPlane,
+    SfmNode,
+    _ensure_node,
+)
 from tests.operator.node_agent import NodeAgent, have_podman
 
 OPERATOR = Path(sys.executable).parent / "sharpml-operator"
@@ -57,6 +66,30 @@ def node_agent(
     agent.stop()
 
 
+@pytest.fixture
+def add_sfm_node(
+    control_plane: ControlPlane, sfm_node: SfmNode, sfm_image: str, tmp_path: Path
+) -> Iterator[Callable[..., NodeAgent]]:
+    """``add_sfm_node(name, **labels)``: one more SfM node (the SfM labels and taint, plus ``labels``), Ready,
+    with its own node agent; stopped and deleted (Node and Lease) after the test."""
+    agents: list[NodeAgent] = []
+
+    def add(name: str, **labels: str) -> NodeAgent:
+        node_labels = {**SFM_NODE_LABELS, "kubernetes.io/hostname": name, TEST_NODE_LABEL: "true", **labels}
+        _ensure_node(control_plane, name, node_labels, [SFM_TAINT])
+        agent = NodeAgent(control_plane.kubeconfig, name, tmp_path / f"node-agent-{name}").start()
+        agents.append(agent)
+        return agent
+
+    yield add
+    for agent in agents:
+        agent.stop()
+        control_plane.kubectl("delete", "node", agent.node_name, "--ignore-not-found", check=False)
+        control_plane.kubectl(
+            "delete", "lease", agent.node_name, "-n", "kube-node-lease", "--ignore-not-found", check=False
+        )
+
+
 @pytest.fixture(scope="session")
 def scene_uploads(tmp_path_factory: pytest.TempPathFactory) -> list[Upload]:
     """Eight 640x480 photos of the synthetic scene: reconstructs in a few seconds."""
@@ -77,7 +110,9 @@ def noise_uploads(tmp_path_factory: pytest.TempPathFactory) -> list[Upload]:
 
 @dataclass
 class DataVolume:
-    """One test's shared data volume: a local PersistentVolume on the SfM node, claimed in its namespace."""
+    """One test's shared data volume: a local PersistentVolume that every SfM node reaches (in production a
+    network volume; here one directory of this machine, where all node agents run), claimed in its
+    namespace."""
 
     root: Path
     pv: str
@@ -117,10 +152,11 @@ def data_volume(
                             {
                                 "matchExpressions": [
                                     {
-                                        "key": "kubernetes.io/hostname",
+                                        "key": key,
                                         "operator": "In",
-                                        "values": [sfm_node.name],
+                                        "values": [value],
                                     }
+                                    for key, value in sfm_node.node_selector.items()
                                 ]
                             }
                         ]

@@ -37,6 +37,7 @@ for name in FORBIDDEN:
 import sharpml_operator.handlers  # registers the kopf handlers, reads the settings
 from sharpml.contract import Phase, SfmResult
 from sharpml_operator.job import Job
+from sharpml_operator.nodes import NodeView
 from sharpml_operator.pipeline import Pipeline
 from sharpml_operator.settings import Settings
 from sharpml_operator.slots import QueuedJob
@@ -86,9 +87,9 @@ j1 = job("j1", "Reconstructed")
 pipeline.step(j1, snap)
 assert j1.phase is Phase.COMPLETE and "finishedAt" in j1.patch["timestamps"], j1.patch
 
-# j1's pod has finished, so the one SfM slot is free for j2; j3 waits behind it.
+# j1's pod has finished, so the SfM node's one slot is free for j2; j3 waits behind it.
 j3 = job("j3", "Queued")
-pipeline.step(j3, Snapshot(jobs[1:], {}))
+pipeline.step(j3, Snapshot(jobs[1:], {}, {"mini": [NodeView("mini")]}))
 assert j3.patch["queuePosition"] == 0, j3.patch
 print(json.dumps({"events": Recorded.events, "modules": sorted(sys.modules)}))
 """

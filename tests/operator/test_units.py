@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sharpml_operator import slots
+from sharpml_operator import nodes, slots
 from sharpml_operator.podspec import cpu_threads, deny_all_policy, sfm_pod, training_pod
 from sharpml_operator.podstate import TRAINING_POD, classify
 from sharpml_operator.settings import Settings
 from sharpml_operator.slots import QueuedJob
+from sharpml_operator.snapshot import Snapshot
 from sharpml_operator.stages import SfmStage
 
 from sharpml.config import ConfigError
@@ -24,7 +25,8 @@ def _job(name: str, phase: str = "Queued", created: str = "2026-01-01T00:00:00Z"
 def decide(uid, jobs, holders, capacity):
     """The SfM stage's queue: jobs wait in Queued (or not yet seen), run in Reconstructing."""
     stage = SfmStage(Settings.from_env({}))
-    return slots.decide(uid, jobs, holders, capacity, running=stage.runs_in, waits_in=stage.waits_in)
+    busy = slots.occupied(jobs, holders, stage.runs_in)
+    return slots.decide(uid, jobs, busy, max(0, capacity - len(busy)), waits_in=stage.waits_in)
 
 
 def test_queue_is_first_come_first_served_with_n_slots():
@@ -133,6 +135,27 @@ def test_pod_spec_is_restricted_pinned_and_mounts_only_the_job():
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     assert {v["name"] for v in ps["volumes"]} == {"data", "tmp"}
+    assert "affinity" not in ps  # no node chosen: the selector alone
+    pinned = sfm_pod(
+        job_name="j",
+        job_uid="u-1",
+        namespace="ns",
+        spec=JobSpec.read(spec),
+        job_dir="jobs/abc",
+        settings=cfg,
+        node="sfm-b",
+    )
+    assert pinned["spec"]["nodeSelector"] == ps["nodeSelector"]
+    assert pinned["spec"]["affinity"] == {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["sfm-b"]}]}
+                ]
+            }
+        }
+    }
+    assert nodes.pod_node(pinned) == "sfm-b"
     pol = deny_all_policy("ns", cfg)
     assert pol["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
 
@@ -215,7 +238,7 @@ def test_settings_name_the_variable_and_rule():
     with pytest.raises(ConfigError, match="SHARPML_SFM_NODE_SELECTOR: must be a JSON object"):
         Settings.from_env({"SHARPML_SFM_NODE_SELECTOR": "[1]"})
     cfg = Settings.from_env({"SHARPML_SFM_NODE_SELECTOR": '{"role": "mac"}', "SHARPML_SFM_CONCURRENCY": "3"})
-    assert cfg.node_selector == {"role": "mac"} and cfg.concurrency == 3
+    assert cfg.node_selector == {"role": "mac"} and cfg.node_concurrency == 3
 
 
 @pytest.mark.parametrize(
@@ -247,3 +270,151 @@ def test_data_volume_gauges_read_statvfs_at_scrape_time(tmp_path):
     assert REGISTRY.get_sample_value("sharpml_data_volume_size_bytes") == st.f_blocks * st.f_frsize
     metrics.watch_data_volume(tmp_path / "absent")
     assert math.isnan(REGISTRY.get_sample_value("sharpml_data_volume_free_bytes"))
+
+
+# --- several SfM nodes: capacity per node, placement --------------------------------------------------------
+
+SFM_TOLERATIONS = Settings.from_env({}).tolerations
+SFM_TAINT = {"key": "sharpml.com/sfm", "value": "true", "effect": "NoSchedule"}
+
+
+def _node(name: str, ready: bool = True, cordoned: bool = False, taints=(SFM_TAINT,)) -> nodes.NodeView:
+    spec = {"taints": list(taints), "unschedulable": cordoned}
+    status = {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    return nodes.NodeView.read(name, spec, status)
+
+
+def _on(node: str | None, phase: str = "Running") -> dict:
+    return {"spec": {"nodeName": node} if node else {}, "status": {"phase": phase}}
+
+
+def test_capacity_is_per_node_over_the_nodes_that_can_take_sfm_pods():
+    cluster = [
+        _node("a"),
+        _node("b"),
+        _node("c", ready=False),
+        _node("d", cordoned=True),
+        _node("e", taints=[SFM_TAINT, {"key": "gpu", "value": "x", "effect": "NoExecute"}]),
+        _node("f", taints=[SFM_TAINT, {"key": "soft", "effect": "PreferNoSchedule"}]),
+    ]
+    node_of = {"j1": "a", "j2": "a", "j3": "b", "j4": "c", "j5": None}
+    place = nodes.placement(cluster, SFM_TOLERATIONS, 2, {"j1", "j2", "j3", "j4", "j5"}, node_of)
+    assert place.load == {"a": 2, "b": 1, "f": 0}  # j4's node is NotReady: it holds nothing of a, b, f
+    assert place.unavailable == {
+        "c": "not Ready",
+        "d": "cordoned",
+        "e": "taint gpu=x:NoExecute not tolerated",
+    }
+    assert place.capacity == 6
+    assert place.unplaced == 1 and place.free == 2  # 0 + 1 + 2 free slots, one kept for j5's pod
+    assert place.choose() == "f"  # the least loaded
+
+
+def test_placement_fills_the_least_loaded_node_first_and_never_overfills():
+    place = nodes.placement([_node("b"), _node("a")], SFM_TOLERATIONS, 1, set(), {})
+    chosen = []
+    while (node := place.choose()) is not None:
+        chosen.append(node)
+        place = place.with_pod(node)
+    assert chosen == ["a", "b"] and place.free == 0 and place.load == {"a": 1, "b": 1}
+    # Two slots each, "a" holding one already: b, then a and b in turn (ties go by name).
+    place = nodes.placement([_node("b"), _node("a")], SFM_TOLERATIONS, 2, {"x"}, {"x": "a"})
+    chosen = []
+    while (node := place.choose()) is not None:
+        chosen.append(node)
+        place = place.with_pod(node)
+    assert chosen == ["b", "a", "b"]
+    # A busy job whose node is unknown will need a slot: nothing is chosen over it.
+    place = nodes.placement([_node("a")], SFM_TOLERATIONS, 1, {"lost"}, {})
+    assert place.free == 0 and place.choose() is None
+
+
+def test_no_ready_sfm_node_means_no_slots_and_says_why():
+    selector = {"sharpml.com/role": "sfm"}
+    empty = nodes.placement([], SFM_TOLERATIONS, 1, set(), {})
+    assert empty.capacity == 0 and empty.choose() is None
+    assert empty.why_none(selector) == "no SfM node is ready: no node matches sharpml.com/role=sfm"
+    down = nodes.placement(
+        [_node("mini", ready=False), _node("b", cordoned=True)], SFM_TOLERATIONS, 1, set(), {}
+    )
+    assert down.why_none(selector) == "no SfM node is ready (b cordoned; mini not Ready)"
+    # The node agent's fresh Node still carries the admission's not-ready taint: not a node to use.
+    fresh = _node("n", taints=[SFM_TAINT, {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}])
+    assert (
+        nodes.problem(fresh, SFM_TOLERATIONS) == "taint node.kubernetes.io/not-ready:NoSchedule not tolerated"
+    )
+
+
+def test_tolerations_follow_kubernetes_rules():
+    taint = {"key": "k", "value": "v", "effect": "NoSchedule"}
+    assert nodes.tolerates({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}, taint)
+    assert nodes.tolerates({"key": "k", "value": "v"}, taint)  # Equal by default, any effect
+    assert nodes.tolerates({"key": "k", "operator": "Exists"}, taint)
+    assert nodes.tolerates({"operator": "Exists"}, taint)  # empty key + Exists: everything
+    assert not nodes.tolerates({"key": "k", "value": "w"}, taint)
+    assert not nodes.tolerates({"key": "k", "value": "v", "effect": "NoExecute"}, taint)
+    assert not nodes.tolerates({"key": "other", "operator": "Exists"}, taint)
+
+
+def test_a_pods_node_is_its_binding_else_its_pinned_node():
+    assert nodes.pod_node(_on("a")) == "a"
+    assert nodes.pod_node({"spec": {"affinity": nodes.pin_to("b")}}) == "b"
+    assert nodes.pod_node({"spec": {"nodeName": "a", "affinity": nodes.pin_to("b")}}) == "a"
+    assert nodes.pod_node({"spec": {"nodeSelector": {"sharpml.com/role": "sfm"}}}) is None
+
+
+def _kopf_job(name: str, phase: str):
+    from sharpml_operator.job import Job
+
+    meta = {
+        "uid": name,
+        "name": name,
+        "namespace": "ns",
+        "generation": 1,
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+    }
+    spec = {"owner": "a", "source": {"upload": {"jobDir": f"jobs/{name}", "imageCount": 8}}}
+    return Job.from_kopf({}, spec, {"phase": phase}, meta)
+
+
+def test_sfm_stage_reserves_a_slot_per_node_under_concurrent_starts():
+    """kopf runs handlers of different jobs in threads: however they interleave, no node gets more pods
+    than its slots, and a reservation gives way to the pod once the index shows it."""
+    import threading
+
+    stage = SfmStage(Settings.from_env({"SHARPML_SFM_CONCURRENCY": "2"}))
+    names = [f"j{i}" for i in range(8)]
+    snap = Snapshot([_job(n, seq=i) for i, n in enumerate(names)], {}, {"a": [_node("a")], "b": [_node("b")]})
+    barrier, chosen = threading.Barrier(len(names)), {}
+
+    def start(name):
+        barrier.wait()
+        chosen[name] = stage._reserve(_kopf_job(name, "Queued"), snap)
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    placed = [node for node in chosen.values() if node]
+    assert sorted(placed) == ["a", "a", "b", "b"], chosen
+    assert stage.holders(snap) == {n for n, node in chosen.items() if node}
+    assert stage.free_slots(slots.occupied(snap.jobs, stage.holders(snap), stage.runs_in), snap) == 0
+    waiting = _kopf_job("late", "Queued")
+    assert stage._reserve(waiting, snap) is None
+    assert waiting.patch["message"] == "waiting: all 2 SfM node(s) busy"
+    # The index shows one reserved job's pod, finished: the reservation is gone and its slot is free again.
+    done = next(n for n, node in chosen.items() if node == "a")
+    snap = Snapshot(snap.jobs, {("sfm", done): [_on("a", "Succeeded")]}, snap.nodes)
+    assert done not in stage.holders(snap)
+    assert stage._reserve(_kopf_job("late", "Queued"), snap) == "a"
+
+
+def test_jobs_wait_with_a_reason_while_no_sfm_node_is_ready():
+    from sharpml_operator.pipeline import Pipeline
+
+    pipeline = Pipeline(Settings.from_env({"SHARPML_TRAINING_BACKEND": "none"}))
+    job = _kopf_job("q", "Queued")
+    pipeline.step(job, Snapshot([_job("q")], {}, {"mini": [_node("mini", ready=False)]}))
+    assert job.phase is Phase.QUEUED and job.patch["queuePosition"] == 0
+    assert job.patch["message"] == "waiting: no SfM node is ready (mini not Ready); position 0 in the queue"

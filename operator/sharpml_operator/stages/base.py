@@ -25,7 +25,7 @@ class Stage(ABC):
     waiting_for: str
     #: What it leaves for the user when it is the last stage ("the preview splat").
     result: str
-    #: The kind of resource it queues for (a key of ``Settings.slots()``).
+    #: The kind of resource it queues for (``settings.SFM_NODE``, ``settings.GPU``).
     slot: str
     #: Phases that wait for this stage's slot, in the queue's order; the first is the one admission sets.
     waits_in: Collection[Phase]
@@ -51,6 +51,10 @@ class Stage(ABC):
         """Job uids whose work for this stage still occupies the resource (a pod not finished)."""
 
     @abstractmethod
+    def free_slots(self, busy: set[str], snap: Snapshot) -> int:
+        """How many jobs may take this stage's resource now, given the jobs ``busy`` holding it."""
+
+    @abstractmethod
     def start(self, job: Job, snap: Snapshot) -> None:
         """Start (or adopt) the work and enter :attr:`runs_in`; or fail the job with a reason."""
 
@@ -66,7 +70,7 @@ class Stage(ABC):
     def stopped(self, job: Job, snap: Snapshot) -> bool:
         """Nothing of the job's runs any more for this stage (what the finalizer waits for)."""
 
-    def waiting_message(self, position: int) -> str:
+    def waiting_message(self, position: int, snap: Snapshot) -> str:
         return f"waiting for {self.waiting_for}: position {position} in the queue"
 
     def started(self, job: Job, snap: Snapshot) -> bool:

@@ -1,13 +1,20 @@
-"""Structure from motion: the sandboxed COLMAP pod on the SfM node, from Queued to Reconstructed.
+"""Structure from motion: the sandboxed COLMAP pod on an SfM node, from Queued to Reconstructed.
 
 The pod is named after the job's uid (``sfm-<uid>``), so creating it twice answers 409 and the
 existing pod is adopted: an operator killed at any point never starts a second one. What the pod
 reports (``progress.json``, ``result.json``, the preview splat) is read as untrusted input.
+
+Slots are per SfM node (``nodes.py``): each new pod is pinned to the least loaded node with a free slot.
+Between creating a pod and seeing it in the pod index, the chosen node is *reserved* here (what the
+scheduler's cache calls an assumed pod), and choosing and reserving happen under one lock, so two jobs
+started at the same moment by kopf's worker threads never take the same last slot of a node. A restarted
+operator has no reservations and needs none: kopf fills the pod index before any handler runs.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import kopf
@@ -19,9 +26,11 @@ from sharpml.contract.status import seconds_since
 from sharpml.layout import JobDir
 from sharpml_operator import jobfiles, metrics
 from sharpml_operator.job import Job
+from sharpml_operator.nodes import Placement, placement, pod_node
 from sharpml_operator.podspec import SFM_STAGE, deny_all_policy, pod_name, sfm_pod
 from sharpml_operator.podstate import PodState, classify, is_active
 from sharpml_operator.settings import SFM_NODE, Settings
+from sharpml_operator.slots import occupied
 from sharpml_operator.snapshot import Snapshot
 from sharpml_operator.stages.base import Stage
 
@@ -39,7 +48,7 @@ def api_message(exc: ApiException) -> str:
 class SfmStage(Stage):
     name = SFM_STAGE
     title = "structure from motion"
-    waiting_for = "the SfM node"
+    waiting_for = "an SfM node"
     result = "the preview splat (colmap/preview.splat)"
     slot = SFM_NODE
     #: A job the operator has not looked at yet (Pending) keeps its place: a burst of new jobs can never
@@ -54,6 +63,9 @@ class SfmStage(Stage):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._policy_namespaces: set[str] = set()
+        #: Job uid -> the node chosen for its pod, until the pod index shows the pod (see the module's doc).
+        self._reserved: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def started(self, job: Job, snap: Snapshot) -> bool:
         return snap.pod(self.name, job.uid) is not None
@@ -61,19 +73,106 @@ class SfmStage(Stage):
     def job_dir(self, job: Job) -> JobDir:
         return jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir or "")
 
+    # --- slots per SfM node -------------------------------------------------------------------------------
+
+    def _prune(self, snap: Snapshot) -> None:
+        """Forget reservations the pod index now shows (the pod's own node counts) or whose job left SfM."""
+        here = {*self.waits_in, self.runs_in}
+        phase = {j.uid: j.phase for j in snap.jobs}
+        for uid in list(self._reserved):
+            if snap.pod(self.name, uid) is not None or (uid in phase and phase[uid] not in here):
+                del self._reserved[uid]
+
+    def _placement(self, busy: set[str], snap: Snapshot) -> Placement:
+        """Called with the lock held."""
+        node_of: dict[str, str | None] = dict(self._reserved)
+        for (stage, uid), store in list(snap.pods.items()):  # kopf's event loop updates the index meanwhile
+            pod = next(iter(store), None)
+            if stage == self.name and pod is not None:
+                node_of[uid] = pod_node(pod)
+        return placement(
+            snap.sfm_nodes(), self.settings.tolerations, self.settings.node_concurrency, busy, node_of
+        )
+
     def holders(self, snap: Snapshot) -> set[str]:
-        return snap.active(self.name)
+        with self._lock:
+            self._prune(snap)
+            return snap.active(self.name) | set(self._reserved)
+
+    def free_slots(self, busy: set[str], snap: Snapshot) -> int:
+        with self._lock:
+            return self._placement(busy, snap).free
+
+    def waiting_message(self, position: int, snap: Snapshot) -> str:
+        with self._lock:
+            busy = occupied(snap.jobs, snap.active(self.name) | set(self._reserved), self.runs_in)
+            place = self._placement(busy, snap)
+        if place.capacity == 0:
+            return f"waiting: {place.why_none(self.settings.node_selector)}; position {position} in the queue"
+        return (
+            f"waiting for an SfM node: position {position} in the queue "
+            f"({place.capacity} slot(s) on {len(place.load)} SfM node(s))"
+        )
+
+    def _reserve(self, job: Job, snap: Snapshot) -> str | None:
+        """Choose the job's node and hold its slot (None: no node has one free now)."""
+        with self._lock:
+            self._prune(snap)
+            if (node := self._reserved.get(job.uid)) is not None:
+                return node  # created there already, not yet in the index (a 409 will adopt it)
+            busy = occupied(snap.jobs, snap.active(self.name) | set(self._reserved), self.runs_in)
+            place = self._placement(busy - {job.uid}, snap)
+            node = place.choose()
+            if node is not None:
+                self._reserved[job.uid] = node
+            else:
+                job.patch.message(f"waiting: {place.why_none(self.settings.node_selector)}")
+            return node
+
+    def _release(self, uid: str) -> None:
+        with self._lock:
+            self._reserved.pop(uid, None)
 
     # --- start --------------------------------------------------------------------------------------------
 
     def start(self, job: Job, snap: Snapshot) -> None:
-        """Create (or adopt) the job's SfM pod and mark the job Reconstructing."""
+        """Create (or adopt) the job's SfM pod on a node with a free slot and mark the job Reconstructing.
+
+        With no free slot on any node (the nodes changed since the queue admitted the job), the job waits.
+        """
         try:
             directory = self.job_dir(job)
             jobfiles.prepare_output(directory)
         except (jobfiles.JobDirError, OSError) as exc:
             job.fail("JobDirMissing", f"cannot prepare the job's colmap/ directory: {exc}")
             return
+        existing = snap.pod(self.name, job.uid)
+        if existing is not None:
+            created, node = False, pod_node(existing)  # ours already (a restart): adopt it where it is
+        else:
+            node = self._reserve(job, snap)
+            if node is None:
+                return
+            try:
+                created, node = self._create(job, node)
+            except BaseException:
+                self._release(job.uid)
+                raise
+            if created is None:
+                return
+        started = job.patch.stamp(self.started_stamp)
+        waited = seconds_since(job.timestamps.get("queuedAt"))
+        if created and waited is not None:
+            metrics.STAGE_SECONDS.labels(stage="queue").observe(max(0.0, waited))
+        job.patch.progress(self.share[0], "structure from motion starting")
+        verb = "created" if created else "adopted"
+        where = f" on node {node}" if node else ""
+        if job.phase is not self.runs_in:
+            job.enter(self.runs_in, "SfmStarted", f"SfM pod {pod_name(job.uid)} {verb}{where} at {started}")
+
+    def _create(self, job: Job, node: str) -> tuple[bool | None, str | None]:
+        """Create the pod pinned to ``node``: (True, node); adopted after a 409: (False, its node); refused
+        (the job failed): (None, None)."""
         self._ensure_network_policy(job.namespace)
         manifest = sfm_pod(
             job_name=job.name,
@@ -82,27 +181,33 @@ class SfmStage(Stage):
             spec=job.spec,
             job_dir=job.spec.job_dir or "",
             settings=self.settings,
+            node=node,
         )
+        core = kubernetes.client.CoreV1Api()
         try:
-            kubernetes.client.CoreV1Api().create_namespaced_pod(job.namespace, manifest)
+            core.create_namespaced_pod(job.namespace, manifest)
             metrics.PODS_CREATED.labels(stage=self.name).inc()
-            created = True
+            return True, node
         except ApiException as exc:
             if exc.status == 409:
-                created = False  # ours already (a restart between creating it and recording it): adopt it
-            elif exc.status in (400, 403, 422):
+                # Ours already (a restart between creating it and recording it, the index not there yet):
+                # adopt it, and count it on the node it really has.
+                try:
+                    pod = core.read_namespaced_pod(pod_name(job.uid), job.namespace)
+                    there = pod_node(core.api_client.sanitize_for_serialization(pod))
+                except ApiException:
+                    there = None
+                with self._lock:
+                    if there is None:
+                        self._reserved.pop(job.uid, None)
+                    else:
+                        self._reserved[job.uid] = there
+                return False, there
+            self._release(job.uid)
+            if exc.status in (400, 403, 422):
                 job.fail("PodRejected", f"the SfM pod was refused: {api_message(exc)}")
-                return
-            else:
-                raise kopf.TemporaryError(f"creating pod {pod_name(job.uid)}: {exc.reason}", delay=2) from exc
-        started = job.patch.stamp(self.started_stamp)
-        waited = seconds_since(job.timestamps.get("queuedAt"))
-        if created and waited is not None:
-            metrics.STAGE_SECONDS.labels(stage="queue").observe(max(0.0, waited))
-        job.patch.progress(self.share[0], "structure from motion starting")
-        verb = "created" if created else "adopted"
-        if job.phase is not self.runs_in:
-            job.enter(self.runs_in, "SfmStarted", f"SfM pod {pod_name(job.uid)} {verb} at {started}")
+                return None, None
+            raise kopf.TemporaryError(f"creating pod {pod_name(job.uid)}: {exc.reason}", delay=2) from exc
 
     def _ensure_network_policy(self, namespace: str) -> None:
         """The namespace's deny-all policy for sandboxed pods exists before its first SfM pod does."""
@@ -197,6 +302,7 @@ class SfmStage(Stage):
 
     def stop(self, job: Job, snap: Snapshot) -> bool:
         name = pod_name(job.uid)
+        self._release(job.uid)
         try:
             kubernetes.client.CoreV1Api().delete_namespaced_pod(name, job.namespace, grace_period_seconds=10)
             return True

@@ -131,6 +131,9 @@ class TrainingStage(Stage):
     def started(self, job: Job, snap: Snapshot) -> bool:
         return self.cluster.started(job, snap)
 
+    def free_slots(self, busy: set[str], snap: Snapshot) -> int:
+        return max(0, self.settings.training.concurrency - len(busy))
+
     def job_dir(self, job: Job) -> JobDir:
         return jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir or "")
 
