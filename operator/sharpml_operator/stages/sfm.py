@@ -13,21 +13,19 @@ operator has no reservations and needs none: kopf fills the pod index before any
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
-import kopf
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from sharpml.contract import Phase, RecordError, SfmResult, count_gaussians, read_progress
 from sharpml.contract.status import seconds_since
 from sharpml.layout import JobDir
-from sharpml_operator import jobfiles, metrics
+from sharpml_operator import jobfiles, metrics, pods
 from sharpml_operator.job import Job
 from sharpml_operator.nodes import Placement, placement, pod_node
-from sharpml_operator.podspec import SFM_STAGE, deny_all_policy, pod_name, sfm_pod
+from sharpml_operator.podspec import SFM_STAGE, pod_name, sfm_pod
 from sharpml_operator.podstate import PodState, classify, is_active
 from sharpml_operator.settings import SFM_NODE, Settings
 from sharpml_operator.slots import occupied
@@ -36,13 +34,6 @@ from sharpml_operator.stages.base import Stage
 
 #: Where each step of ``python -m sharpml.sfm`` sits inside this stage, from its progress reports.
 STEP_SPAN = {"extract": (0.0, 0.3), "match": (0.3, 0.5), "map": (0.5, 0.85), "undistort": (0.85, 0.97)}
-
-
-def api_message(exc: ApiException) -> str:
-    try:
-        return json.loads(exc.body).get("message", exc.reason)
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)
 
 
 class SfmStage(Stage):
@@ -62,7 +53,6 @@ class SfmStage(Stage):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._policy_namespaces: set[str] = set()
         #: Job uid -> the node chosen for its pod, until the pod index shows the pod (see the module's doc).
         self._reserved: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -173,7 +163,7 @@ class SfmStage(Stage):
     def _create(self, job: Job, node: str) -> tuple[bool | None, str | None]:
         """Create the pod pinned to ``node``: (True, node); adopted after a 409: (False, its node); refused
         (the job failed): (None, None)."""
-        self._ensure_network_policy(job.namespace)
+        pods.ensure_network_policy(job.namespace, self.settings)
         manifest = sfm_pod(
             job_name=job.name,
             job_uid=job.uid,
@@ -183,46 +173,26 @@ class SfmStage(Stage):
             settings=self.settings,
             node=node,
         )
+        created = pods.create(job, manifest, "SfM pod")
+        if created is None:
+            self._release(job.uid)
+            return None, None
+        if created:
+            return True, node
+        # Ours already (a restart between creating it and recording it, the index not there yet): adopt it,
+        # and count it on the node it really has.
         core = kubernetes.client.CoreV1Api()
         try:
-            core.create_namespaced_pod(job.namespace, manifest)
-            metrics.PODS_CREATED.labels(stage=self.name).inc()
-            return True, node
-        except ApiException as exc:
-            if exc.status == 409:
-                # Ours already (a restart between creating it and recording it, the index not there yet):
-                # adopt it, and count it on the node it really has.
-                try:
-                    pod = core.read_namespaced_pod(pod_name(job.uid), job.namespace)
-                    there = pod_node(core.api_client.sanitize_for_serialization(pod))
-                except ApiException:
-                    there = None
-                with self._lock:
-                    if there is None:
-                        self._reserved.pop(job.uid, None)
-                    else:
-                        self._reserved[job.uid] = there
-                return False, there
-            self._release(job.uid)
-            if exc.status in (400, 403, 422):
-                job.fail("PodRejected", f"the SfM pod was refused: {api_message(exc)}")
-                return None, None
-            raise kopf.TemporaryError(f"creating pod {pod_name(job.uid)}: {exc.reason}", delay=2) from exc
-
-    def _ensure_network_policy(self, namespace: str) -> None:
-        """The namespace's deny-all policy for sandboxed pods exists before its first SfM pod does."""
-        if namespace in self._policy_namespaces:
-            return
-        try:
-            kubernetes.client.NetworkingV1Api().create_namespaced_network_policy(
-                namespace, deny_all_policy(namespace, self.settings)
-            )
-        except ApiException as exc:
-            if exc.status != 409:
-                raise kopf.TemporaryError(
-                    f"creating the sandbox NetworkPolicy: {exc.reason}", delay=2
-                ) from exc
-        self._policy_namespaces.add(namespace)
+            pod = core.read_namespaced_pod(pod_name(job.uid), job.namespace)
+            there = pod_node(core.api_client.sanitize_for_serialization(pod))
+        except ApiException:
+            there = None
+        with self._lock:
+            if there is None:
+                self._reserved.pop(job.uid, None)
+            else:
+                self._reserved[job.uid] = there
+        return False, there
 
     # --- observe -----------------------------------------------------------------------------------------
 
@@ -301,15 +271,8 @@ class SfmStage(Stage):
     # --- stop --------------------------------------------------------------------------------------------
 
     def stop(self, job: Job, snap: Snapshot) -> bool:
-        name = pod_name(job.uid)
         self._release(job.uid)
-        try:
-            kubernetes.client.CoreV1Api().delete_namespaced_pod(name, job.namespace, grace_period_seconds=10)
-            return True
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise kopf.TemporaryError(f"deleting pod {name}: {exc.reason}", delay=2) from exc
+        return pods.delete(pod_name(job.uid), job.namespace)
 
     def stopped(self, job: Job, snap: Snapshot) -> bool:
         pod = snap.pod(self.name, job.uid)
