@@ -99,7 +99,9 @@ def expire(jobs: Iterable[Finished], event: Callable[[Finished, str, str], None]
     """Delete every expired job (its files go through the finalizer); returns the uids deleted.
 
     The delete is conditional on the uid, so a job re-created under the same name is never hit. The
-    counter moves before the event is posted, so whoever sees the event also sees it counted."""
+    event is posted before the delete: the finalizer's ``FilesDeleted`` can only follow it (posted after,
+    the two raced, and a loaded machine showed the files deleted before the retention that caused it).
+    The counter moves once the delete has succeeded."""
     deleted = []
     api = kubernetes.client.CustomObjectsApi()
     for job in jobs:
@@ -109,6 +111,7 @@ def expire(jobs: Iterable[Finished], event: Callable[[Finished, str, str], None]
             f"retention: finished at {job.finished_at}, ttlSecondsAfterFinished={job.ttl_seconds}; "
             "deleting the job and its files"
         )
+        event(job, "RetentionExpired", message)
         try:
             api.delete_namespaced_custom_object(
                 GROUP,
@@ -125,5 +128,4 @@ def expire(jobs: Iterable[Finished], event: Callable[[Finished, str, str], None]
         metrics.RETENTION_DELETIONS.inc()
         deleted.append(job.uid)
         log.info("%s/%s: %s", job.namespace, job.name, message)
-        event(job, "RetentionExpired", message)
     return deleted

@@ -92,7 +92,8 @@ def test_cancel_then_retention_deletes_job_and_files(
     assert not (data_volume.root / job_dir).exists()
     reasons = [e["reason"] for e in events_for(cp, ns, "stop")]
     assert reasons.index("RetentionExpired") < reasons.index("FilesDeleted"), reasons
-    assert "sharpml_retention_deletions_total 1.0" in op.metrics()
+    # Counted once the delete call returned, which the finalizer's work does not wait for.
+    _wait(lambda: "sharpml_retention_deletions_total 1.0" in op.metrics(), what="the deletion counted")
 
 
 def test_retention_survives_an_operator_restart(
