@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import kubernetes
 import kubernetes.watch
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from sharpml.contract import (
@@ -35,13 +36,23 @@ CREATED_BY = "sharpml-api"
 
 
 def api_client(settings: Settings) -> kubernetes.client.ApiClient:
-    """A client from SHARPML_KUBECONFIG / KUBECONFIG, else the pod's service account."""
+    """A client from SHARPML_KUBECONFIG / KUBECONFIG, else the pod's service account.
+
+    Every call is bounded by ``SHARPML_APISERVER_TIMEOUT_SECONDS`` (to connect, then for the answer;
+    a call that passes its own ``_request_timeout``, such as a watch, keeps it): the official client
+    waits forever by default, so an apiserver that accepts connections and never answers would hold
+    each request, and its worker thread, for good instead of answering 503."""
     config = kubernetes.client.Configuration()
     if settings.kubeconfig:
         kubernetes.config.load_kube_config(config_file=settings.kubeconfig, client_configuration=config)
     else:
         kubernetes.config.load_incluster_config(client_configuration=config)
-    return kubernetes.client.ApiClient(config)
+    client = kubernetes.client.ApiClient(config)
+    seconds = settings.apiserver_timeout_seconds
+    client.rest_client.pool_manager.connection_pool_kw["timeout"] = urllib3.Timeout(
+        connect=seconds, read=seconds
+    )
+    return client
 
 
 class Cluster:
