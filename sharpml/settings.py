@@ -400,7 +400,7 @@ SETTINGS: tuple[Setting, ...] = (
         "SHARPML_ORPHAN_GRACE_SECONDS",
         "int",
         3600,
-        "a job directory with no SharpJob this long after its last change is deleted",
+        "a job directory no SharpJob owns is deleted this long after its last change (0: never)",
         "operator",
         0,
     ),

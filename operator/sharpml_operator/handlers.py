@@ -25,7 +25,7 @@ from sharpml.contract import (
     JobSpec,
     Phase,
 )
-from sharpml_operator import cleanup, metrics
+from sharpml_operator import cleanup, metrics, orphans, scope
 from sharpml_operator.job import Job
 from sharpml_operator.pipeline import Pipeline
 from sharpml_operator.settings import Settings
@@ -61,6 +61,7 @@ async def configure(settings: kopf.OperatorSettings, finished_jobs: kopf.Index, 
     settings.background.cancellation_polling = 1.0
     metrics.serve(CFG.metrics_port, CFG.data_dir)
     _TASKS.add(asyncio.get_running_loop().create_task(_retention(finished_jobs), name="sharpml-retention"))
+    _TASKS.add(asyncio.get_running_loop().create_task(_orphans(), name="sharpml-orphans"))
     log.info(
         "sharpml-operator: image=%s concurrency=%d data=%s node selector=%s",
         CFG.image,
@@ -213,6 +214,25 @@ async def _retention(finished_jobs: kopf.Index) -> None:
                 deleted |= set(await asyncio.to_thread(cleanup.expire, due))
             except Exception:  # an apiserver outage must not end retention for good
                 log.exception("retention check failed")
+
+
+# --- job directories without a SharpJob: at start-up, then periodically ------------------------------------
+
+
+async def _orphans() -> None:
+    """Sweep job directories no SharpJob owns (:mod:`sharpml_operator.orphans`) now and every
+    SHARPML_ORPHAN_CHECK_SECONDS; an apiserver or volume failure skips one round, never the loop."""
+    while True:
+        try:
+            await asyncio.to_thread(
+                orphans.sweep,
+                CFG.data_dir,
+                CFG.orphan_grace_seconds,
+                lambda: orphans.list_sharpjobs(scope.NAMESPACES),
+            )
+        except Exception:
+            log.exception("sweep of job directories without a SharpJob failed")
+        await asyncio.sleep(CFG.orphan_check_seconds)
 
 
 # --- metrics mirror ---

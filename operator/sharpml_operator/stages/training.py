@@ -132,7 +132,7 @@ class TrainingStage(Stage):
         return self.cluster.started(job, snap)
 
     def job_dir(self, job: Job) -> JobDir:
-        return jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir or "")
+        return jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir or "", job.name)
 
     def key(self, job: Job, name: str) -> str:
         """The job's objects in S3: ``jobs/<uid>/scene.tar.gz``, ``jobs/<uid>/<request id>/...``."""
