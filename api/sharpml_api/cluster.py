@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import kubernetes
+import kubernetes.client.rest
 import kubernetes.watch
-import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from sharpml.contract import (
@@ -35,11 +35,23 @@ if TYPE_CHECKING:
 CREATED_BY = "sharpml-api"
 
 
+class _BoundedRest(kubernetes.client.rest.RESTClientObject):
+    """The client's HTTP layer with a default deadline: it passes ``timeout=None`` (wait forever) to
+    urllib3 for every call that names no ``_request_timeout`` of its own."""
+
+    def __init__(self, config: kubernetes.client.Configuration, seconds: float) -> None:
+        super().__init__(config)
+        self.default_timeout = (seconds, seconds)
+
+    def request(self, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return super().request(*args, _request_timeout=_request_timeout or self.default_timeout, **kwargs)
+
+
 def api_client(settings: Settings) -> kubernetes.client.ApiClient:
     """A client from SHARPML_KUBECONFIG / KUBECONFIG, else the pod's service account.
 
-    Every call is bounded by ``SHARPML_APISERVER_TIMEOUT_SECONDS`` (to connect, then for the answer;
-    a call that passes its own ``_request_timeout``, such as a watch, keeps it): the official client
+    Every call is bounded by ``SHARPML_APISERVER_TIMEOUT_SECONDS`` (to connect, then for each read; a
+    call that passes its own ``_request_timeout``, such as a watch, keeps it): the official client
     waits forever by default, so an apiserver that accepts connections and never answers would hold
     each request, and its worker thread, for good instead of answering 503."""
     config = kubernetes.client.Configuration()
@@ -48,10 +60,7 @@ def api_client(settings: Settings) -> kubernetes.client.ApiClient:
     else:
         kubernetes.config.load_incluster_config(client_configuration=config)
     client = kubernetes.client.ApiClient(config)
-    seconds = settings.apiserver_timeout_seconds
-    client.rest_client.pool_manager.connection_pool_kw["timeout"] = urllib3.Timeout(
-        connect=seconds, read=seconds
-    )
+    client.rest_client = _BoundedRest(config, settings.apiserver_timeout_seconds)
     return client
 
 
