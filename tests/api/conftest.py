@@ -101,8 +101,9 @@ def settings_for(
                 per_ip_per_hour=1000, per_account_per_day=1000, anonymous_per_ip_per_day=1000
             ),
             intake_workers=1,
-            # The in-process client's base URL is http://api.test; uvicorn is reached on 127.0.0.1.
-            allowed_hosts=("api.test", "127.0.0.1", "localhost"),
+            # The hosts tests call the API by: httpx's in-process client (api.test), schemathesis'
+            # (testserver), raw sockets (Host: api) and uvicorn on loopback.
+            allowed_hosts=("api.test", "testserver", "api", "127.0.0.1", "localhost"),
             # Webhook hosts are resolved at submission; this machine may have no DNS.
             webhook_allowed_hosts=("hooks.example.com",),
         )
