@@ -253,10 +253,19 @@ def _read_all(s: socket.socket) -> bytes:
     return out
 
 
-def test_stalled_connections_are_closed_and_uploads_per_address_are_capped(settings_for, serve_api, tmp_path):
+def _stalled_upload_head(boundary: str = "b0undary") -> bytes:
+    """An upload's headers and the start of its body, which announces 100,000 bytes it never sends."""
+    return (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {make_token('acct-1')}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\nabc'
+    ).encode()
+
+
+def test_stalled_connections_are_closed(settings_for, serve_api):
     """Over real sockets to uvicorn: no headers, half the headers, or a body shorter than its
-    Content-Length are each ended within seconds; a fourth concurrent upload from one address is 429."""
-    settings = settings_for(header_timeout_seconds=1, upload_idle_seconds=2, uploads_per_ip_concurrent=3)
+    Content-Length are each ended within seconds (they used to be held for good, or 900 s)."""
+    settings = settings_for(header_timeout_seconds=1, upload_idle_seconds=2)
     api = serve_api(settings)
 
     for sent in (b"", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "):
@@ -266,43 +275,42 @@ def test_stalled_connections_are_closed_and_uploads_per_address_are_capped(setti
             assert _read_all(s) == b""  # closed, unanswered
             assert time.monotonic() - started < 10
 
-    boundary = "b0undary"
-    head = (
-        f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {make_token('acct-1')}\r\n"
-        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n\r\n"
-        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\nabc'
-    ).encode()
     with _connect(api.port) as s:
         started = time.monotonic()
-        s.sendall(head)  # and then nothing: the other 99,9xx bytes never come
+        s.sendall(_stalled_upload_head())  # and then nothing: the other 99,9xx bytes never come
         answer = _read_all(s)
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
         assert b"no part of the upload arrived for 2 s" in answer
         assert time.monotonic() - started < 15
     assert left_behind(settings) == []
 
-    # Three uploads from one address in flight (each has its spool); the fourth is refused at once.
+
+def test_uploads_in_flight_per_address_are_capped(settings_for, serve_api, tmp_path):
+    """Three uploads from one address in flight (each has its spool): a fourth is 429 at once, and
+    costs no rate-limit slot; once they are gone, the address may upload again."""
+    settings = settings_for(uploads_per_ip_concurrent=3, upload_idle_seconds=120)
+    api = serve_api(settings)
+    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photo_set(tmp_path)]
+    uploads = settings.data_dir / "uploads"
     held = [_connect(api.port) for _ in range(3)]
     try:
         for s in held:
-            s.sendall(head)
-        deadline = time.monotonic() + 10
-        while len(list((settings.data_dir / "uploads").glob("*"))) < 3:
+            s.sendall(_stalled_upload_head())
+        deadline = time.monotonic() + 30
+        while not uploads.is_dir() or len(list(uploads.iterdir())) < 3:
             assert time.monotonic() < deadline, "the three uploads did not start"
             time.sleep(0.02)
-        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photo_set(tmp_path)]
         resp = httpx.post(f"{api.url}/v1/jobs", headers=bearer(), files=files, timeout=30)
         assert_problem(resp, 429, "too-many-uploads")
         assert int(resp.headers["retry-after"]) >= 1
     finally:
         for s in held:
             s.close()
-    # Once they are gone (closed, or timed out), the address may upload again.
-    deadline = time.monotonic() + 15
-    while (settings.data_dir / "uploads").exists() and any((settings.data_dir / "uploads").iterdir()):
+    deadline = time.monotonic() + 30
+    while any(uploads.iterdir()):  # the server saw the clients go and removed their spools
         assert time.monotonic() < deadline, "the held uploads were never released"
         time.sleep(0.05)
-    resp = httpx.post(f"{api.url}/v1/jobs", headers=bearer(), files=files, timeout=30)
+    resp = httpx.post(f"{api.url}/v1/jobs", headers=bearer(), files=files, timeout=60)
     assert resp.status_code == 201, resp.text
 
 
