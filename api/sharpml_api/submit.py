@@ -321,8 +321,9 @@ async def _create_sharpjob(
 
 
 def _apiserver_problem(exc: ApiException) -> ApiProblem:
-    """The apiserver refused the SharpJob: 422 (invalid spec) names the fields; anything else is 503."""
-    if exc.status == 422:
+    """The apiserver refused the SharpJob: 422 or 400 (the spec, built from the request's options, is
+    invalid) is the request's 422 naming the fields; anything else is the cluster's 503."""
+    if exc.status in (400, 422):
         try:
             causes = json.loads(exc.body).get("details", {}).get("causes", [])
         except (TypeError, ValueError, AttributeError):
