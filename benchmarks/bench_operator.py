@@ -61,11 +61,12 @@ def make_jobs(root: Path, n: int) -> list[str]:
     return dirs
 
 
-def sharpjob(name: str, job_dir: str) -> dict:
+def sharpjob(job_dir: str) -> dict:
+    """A SharpJob for ``jobs/<id>``, named by that id (a job owns only the directory named after it)."""
     return {
         "apiVersion": "sharpml.com/v1alpha1",
         "kind": "SharpJob",
-        "metadata": {"name": name},
+        "metadata": {"name": job_dir.split("/")[1]},
         "spec": {"source": {"upload": {"jobDir": job_dir, "imageCount": 5}}, "owner": "bench"},
     }
 
@@ -135,10 +136,8 @@ def bench_latency(api, kubeconfig: Path, tmp: Path, n: int) -> dict:
         t.start()
         time.sleep(1.0)
         latencies = []
-        for i, d in enumerate(dirs):
-            obj = crd.create_namespaced_custom_object(
-                "sharpml.com", "v1alpha1", ns, "sharpjobs", sharpjob(f"l-{i}", d)
-            )
+        for d in dirs:
+            obj = crd.create_namespaced_custom_object("sharpml.com", "v1alpha1", ns, "sharpjobs", sharpjob(d))
             t0 = time.monotonic()
             pod = f"sfm-{obj['metadata']['uid']}"
             deadline = t0 + 60
@@ -169,10 +168,8 @@ def bench_admission(api, kubeconfig: Path, tmp: Path, n: int) -> dict:
         wait_operator_ready(log)
         rss_idle = rss_mb(op.pid)[0]
         t0 = time.monotonic()
-        for i, d in enumerate(dirs):
-            crd.create_namespaced_custom_object(
-                "sharpml.com", "v1alpha1", ns, "sharpjobs", sharpjob(f"q-{i:04d}", d)
-            )
+        for d in dirs:
+            crd.create_namespaced_custom_object("sharpml.com", "v1alpha1", ns, "sharpjobs", sharpjob(d))
         created_s = time.monotonic() - t0
         queued_s = positions_s = None
         peak = rss_idle

@@ -111,7 +111,8 @@ def main() -> int:
     photos = work / "photos"
     write_dataset(photos, args.photos, 640, 480, formats=("jpg",))
     job = ingest([Upload(p.name, p) for p in sorted(photos.rglob("*.jpg"))], data, IntakeLimits()).job
-    job_dir = str(job.root.relative_to(data.root))
+    job.root.rename(data.jobs / "demo")  # a SharpJob owns only jobs/<its name>
+    job_dir = "jobs/demo"
     print(f"job directory: {job.root}")
 
     agent = NodeAgent(layout.kubeconfig, SFM_NODE_NAME, work / "node-agent").start()

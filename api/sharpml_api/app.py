@@ -1,4 +1,4 @@
-"""The FastAPI application assembled: state, routes, error handlers, CORS, metrics, the rate-limit sweeper."""
+"""The FastAPI application assembled: state, routes, error handlers, CORS, metrics, the sweepers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from sharpml.layout import DataDir
-from sharpml_api import API_VERSION, errors, problems
+from sharpml_api import API_VERSION, errors, models, problems
 from sharpml_api.auth import JOB_TOKEN_HEADER
 from sharpml_api.cluster import Cluster, api_client
 from sharpml_api.metrics import Metrics, MetricsMiddleware
@@ -21,6 +21,7 @@ from sharpml_api.ratelimit import LeaseRateLimiter
 from sharpml_api.routes import health, jobs
 from sharpml_api.settings import Settings
 from sharpml_api.state import AppState
+from sharpml_api.sweep import sweep_leftovers
 
 log = logging.getLogger(__name__)
 SWEEP_SECONDS = 600
@@ -31,12 +32,22 @@ anonymous free tier and each job is reached with the `X-Job-Token` its upload re
 RFC 9457 problem details naming the file or field and the rule."""
 
 
-async def _sweeper(limiter: LeaseRateLimiter) -> None:
-    """Delete rate-limit Leases whose windows have passed (any replica may; deletes are conditional)."""
+def _sweep_leftovers(st: AppState) -> None:
+    """Abandoned spools and staging directories (:mod:`sharpml_api.sweep`): never fails the caller."""
+    try:
+        sweep_leftovers(st.data_dir, st.settings.upload_timeout_seconds)
+    except OSError as exc:
+        log.warning("sweeping upload leftovers failed: %s", exc)
+
+
+async def _sweeper(st: AppState) -> None:
+    """Every SWEEP_SECONDS: rate-limit Leases whose windows have passed (any replica may; deletes are
+    conditional) and upload leftovers older than the upload timeout."""
     while True:
         await asyncio.sleep(SWEEP_SECONDS)
+        await anyio.to_thread.run_sync(_sweep_leftovers, st)
         try:
-            n = await anyio.to_thread.run_sync(limiter.sweep)
+            n = await anyio.to_thread.run_sync(st.limiter.sweep)
             if n:
                 log.info("deleted %d expired rate-limit leases", n)
         except Exception as exc:
@@ -60,7 +71,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.data_dir.ensure()
-        sweeper = asyncio.create_task(_sweeper(state.limiter))
+        await anyio.to_thread.run_sync(_sweep_leftovers, state)  # what a killed process left
+        sweeper = asyncio.create_task(_sweeper(state))
         try:
             yield
         finally:
@@ -88,7 +100,11 @@ def create_app(
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = problems.document(FastAPI.openapi(app))
+            app.openapi_schema = models.document_upload_limits(
+                problems.document(FastAPI.openapi(app)),
+                settings.limits.min_images,
+                settings.limits.max_images,
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -23,8 +23,10 @@ import jwt
 from sharpml_api.problems import ApiProblem
 from sharpml_api.settings import SYMMETRIC_ALGORITHMS, Settings
 
-_ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the CRD's spec.owner pattern and length
+_ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the CRD's spec.owner pattern and length
 JOB_TOKEN_HEADER = "X-Job-Token"
+#: Claims RFC 7519 defines as a NumericDate (a JSON number of seconds).
+_NUMERIC_DATES = ("exp", "nbf", "iat")
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,15 @@ def verify_token(token: str, settings: Settings) -> str:
         raise unauthorized("token has expired") from None
     except jwt.InvalidTokenError as exc:
         raise unauthorized(f"invalid token ({exc})") from None
+    for claim in _NUMERIC_DATES:
+        # pyjwt reads these with int(), so "exp": "9999999999" (a string) would pass; RFC 7519 says
+        # NumericDate, a JSON number.
+        if claim in claims and (
+            isinstance(claims[claim], bool) or not isinstance(claims[claim], int | float)
+        ):
+            raise unauthorized(f"invalid token (the {claim!r} claim must be a number)")
     account = claims.get(cfg.account_claim)
-    if not isinstance(account, str) or not _ACCOUNT.match(account):
+    if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
         raise unauthorized(
             f"claim {cfg.account_claim!r} must be an account id (letters, digits, '.', '_', '-'; at most 128)"
         )

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import kubernetes
+import kubernetes.client.rest
 import kubernetes.watch
 from kubernetes.client.exceptions import ApiException
 
@@ -34,14 +35,33 @@ if TYPE_CHECKING:
 CREATED_BY = "sharpml-api"
 
 
+class _BoundedRest(kubernetes.client.rest.RESTClientObject):
+    """The client's HTTP layer with a default deadline: it passes ``timeout=None`` (wait forever) to
+    urllib3 for every call that names no ``_request_timeout`` of its own."""
+
+    def __init__(self, config: kubernetes.client.Configuration, seconds: float) -> None:
+        super().__init__(config)
+        self.default_timeout = (seconds, seconds)
+
+    def request(self, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return super().request(*args, _request_timeout=_request_timeout or self.default_timeout, **kwargs)
+
+
 def api_client(settings: Settings) -> kubernetes.client.ApiClient:
-    """A client from SHARPML_KUBECONFIG / KUBECONFIG, else the pod's service account."""
+    """A client from SHARPML_KUBECONFIG / KUBECONFIG, else the pod's service account.
+
+    Every call is bounded by ``SHARPML_APISERVER_TIMEOUT_SECONDS`` (to connect, then for each read; a
+    call that passes its own ``_request_timeout``, such as a watch, keeps it): the official client
+    waits forever by default, so an apiserver that accepts connections and never answers would hold
+    each request, and its worker thread, for good instead of answering 503."""
     config = kubernetes.client.Configuration()
     if settings.kubeconfig:
         kubernetes.config.load_kube_config(config_file=settings.kubeconfig, client_configuration=config)
     else:
         kubernetes.config.load_incluster_config(client_configuration=config)
-    return kubernetes.client.ApiClient(config)
+    client = kubernetes.client.ApiClient(config)
+    client.rest_client = _BoundedRest(config, settings.apiserver_timeout_seconds)
+    return client
 
 
 class Cluster:

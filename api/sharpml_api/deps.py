@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from sharpml_api import jobs
 from sharpml_api.auth import JOB_TOKEN_HEADER, Principal, unauthorized, verify_token
 from sharpml_api.client_ip import client_ip
+from sharpml_api.problems import field_problem
 from sharpml_api.state import AppState
 from sharpml_api.submit import UploadRequest
 from sharpml_api.uploads import ClientGone
@@ -53,8 +54,24 @@ ClientAddress = Annotated[str, Depends(client_address)]
 
 
 def base_url(request: Request, st: State) -> str:
-    """Base of the URLs in answers: ``SHARPML_PUBLIC_URL``, else the request's own."""
-    return st.settings.public_url or str(request.base_url).rstrip("/")
+    """Base of the URLs in answers: ``SHARPML_PUBLIC_URL``, else the request's own — only when its
+    ``Host`` is one of ``SHARPML_ALLOWED_HOSTS``: a client-chosen Host must never become a link we
+    hand out (``Location``, the status and events URLs)."""
+    if st.settings.public_url:
+        return st.settings.public_url
+    allowed = st.settings.allowed_hosts
+    host = (request.url.hostname or "").lower().strip("[]")
+    if "*" not in allowed and host not in allowed:
+        raise field_problem(
+            400,
+            "host-not-allowed",
+            "Host not allowed",
+            "Host",
+            "allowed-hosts",
+            f"Host {host[:100]!r} is not one this server answers for; "
+            "set SHARPML_PUBLIC_URL or add it to SHARPML_ALLOWED_HOSTS",
+        )
+    return str(request.base_url).rstrip("/")
 
 
 BaseUrl = Annotated[str, Depends(base_url)]

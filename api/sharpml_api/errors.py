@@ -2,7 +2,9 @@
 
 :class:`~sharpml_api.problems.ApiProblem` raised anywhere (routes, dependencies, services), FastAPI's
 own validation errors and Starlette's HTTP errors (404 route, 405 method) all answer with the one
-problem shape; anything unexpected is logged and answered as a 500 problem that reveals nothing.
+problem shape. A dependency's outage met anywhere (the apiserver refusing or timing out, the data
+volume failing: :mod:`sharpml_api.outages`) is a 503 with ``Retry-After`` on every route, however it
+surfaced; anything else unexpected is logged and answered as a 500 problem that reveals nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from sharpml_api.outages import OUTAGE_ERRORS, outage_problem
 from sharpml_api.problems import PROBLEM_MEDIA_TYPE, TYPE_BASE, ApiProblem, ProblemDetails, ProblemItem
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,16 @@ def install(app: FastAPI) -> None:
             ApiProblem(422, "invalid-request", "Invalid request", detail or "invalid request", items),
             request.url.path,
         )
+
+    async def _outage(request: Request, exc: Exception) -> JSONResponse:
+        problem = outage_problem(exc)
+        if problem is None:
+            return await _unexpected(request, exc)
+        log.warning("%s %s: dependency unavailable: %r", request.method, request.url.path, exc)
+        return problem_response(problem, request.url.path)
+
+    for error in OUTAGE_ERRORS:
+        app.add_exception_handler(error, _outage)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

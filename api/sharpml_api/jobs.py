@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from sharpml.contract import TOKEN_ANNOTATION
 from sharpml.layout import parse_job_id
 from sharpml_api.auth import Principal, may_access
+from sharpml_api.outages import CLUSTER_ERRORS
 from sharpml_api.problems import cluster_unavailable, not_found
 from sharpml_api.state import AppState
 
@@ -28,11 +29,12 @@ Job = dict[str, Any]
 
 
 async def cluster_call(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` of the (synchronous) Kubernetes client off the event loop; 503 if it fails."""
+    """``fn(*args)`` of the (synchronous) Kubernetes client off the event loop; 503 if it fails in any
+    way (an error status, or no answer at all: :data:`~sharpml_api.outages.CLUSTER_ERRORS`)."""
     try:
         return await anyio.to_thread.run_sync(fn, *args)
-    except ApiException as exc:
-        log.warning("apiserver call %s failed: %s %s", fn.__name__, exc.status, exc.reason)
+    except CLUSTER_ERRORS as exc:
+        log.warning("apiserver call %s failed: %r", fn.__name__, exc)
         raise cluster_unavailable("the job store is unavailable; try again later") from None
 
 
@@ -82,6 +84,8 @@ async def delete_owned(st: AppState, who: Principal, obj: Job) -> Job | None:
         except ApiException as exc:
             if exc.status != 409:
                 raise cluster_unavailable("could not delete the job") from None
+        except CLUSTER_ERRORS:
+            raise cluster_unavailable("could not delete the job") from None
     else:
         raise cluster_unavailable("the job kept changing; try again")
     remaining = await cluster_call(st.cluster.get_job, name)

@@ -9,6 +9,7 @@ import uvicorn
 
 from sharpml.config import ConfigError
 from sharpml_api.app import create_app
+from sharpml_api.server import header_timeout_protocol
 from sharpml_api.settings import Settings
 
 
@@ -28,6 +29,7 @@ def main() -> int:
         port=settings.port,
         proxy_headers=False,  # X-Forwarded-For is interpreted by sharpml_api.client_ip, trusted proxies only
         server_header=False,
+        http=header_timeout_protocol(settings.header_timeout_seconds),
         timeout_keep_alive=30,
         log_level=settings.log_level,
     )

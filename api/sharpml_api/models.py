@@ -20,7 +20,8 @@ from sharpml_api.problems import ApiProblem, ProblemItem, field_problem
 
 _TERMINAL_NAMES = [p.value for p in Phase if p in TERMINAL]
 _TERMINAL_TEXT = f"{', '.join(_TERMINAL_NAMES[:-1])} or {_TERMINAL_NAMES[-1]}"
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: Matched with fullmatch: ``$`` would also match before a trailing newline.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 class JobOptions(BaseModel):
@@ -70,7 +71,7 @@ class JobOptions(BaseModel):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str | None) -> str | None:
-        if value is not None and not _EMAIL.match(value):
+        if value is not None and not _EMAIL.fullmatch(value):
             raise ValueError("must be an e-mail address")
         return value
 
@@ -292,6 +293,17 @@ UPLOAD_REQUEST_BODY = {
         }
     },
 }
+
+
+def document_upload_limits(schema: dict, min_images: int, max_images: int) -> dict:
+    """Say in the OpenAPI document how many photos an upload holds on this server (its intake limits)."""
+    body = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    files = body["properties"]["files"]
+    files["minItems"], files["maxItems"] = min_images, max_images
+    files["description"] = (
+        f"The photos (JPEG, PNG or HEIC), one part each, {min_images}-{max_images} of them."
+    )
+    return schema
 
 
 def _event(name: str, data: dict, description: str) -> dict:

@@ -60,6 +60,11 @@ class ApiProblem(Exception):
         self.errors = list(errors)
         self.headers = dict(headers or {})
 
+    @property
+    def outage(self) -> bool:
+        """A dependency of the server (cluster, data volume) failed; nothing is wrong with the request."""
+        return self.status == 503
+
 
 def intake_problem(problems: Iterable[Problem]) -> ApiProblem:
     """Intake's verdict (from :mod:`sharpml.intake`, the one home of the rules) as a 422."""
@@ -86,9 +91,23 @@ def not_found(job_id: str) -> ApiProblem:
     return ApiProblem(404, "not-found", "Not found", f"no job {job_id!r} for this caller")
 
 
+#: ``Retry-After`` of every 503: a restarting apiserver or a remounted volume is back within seconds.
+RETRY_AFTER_SECONDS = 10
+
+
+def unavailable(kind: str, title: str, detail: str, errors: Iterable[ProblemItem] = ()) -> ApiProblem:
+    """A dependency is down (503 with ``Retry-After``): the request may be sent again unchanged."""
+    return ApiProblem(503, kind, title, detail, errors, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def cluster_unavailable(detail: str) -> ApiProblem:
     """The apiserver (job store and rate-limit store) could not be used: the client may retry."""
-    return ApiProblem(503, "cluster-unavailable", "Cluster unavailable", detail)
+    return unavailable("cluster-unavailable", "Cluster unavailable", detail)
+
+
+def storage_unavailable(detail: str) -> ApiProblem:
+    """The data volume could not be used (missing, read-only, full): the client may retry."""
+    return unavailable("storage-unavailable", "Storage unavailable", detail)
 
 
 def responses(*statuses: int) -> dict[int | str, dict]:
@@ -128,10 +147,12 @@ def document(schema: dict) -> dict:
             for status, resp in op.get("responses", {}).items():
                 if status[0] in "45":
                     resp["content"] = {PROBLEM_MEDIA_TYPE: ref}
-                if status == "429":
+                if status in ("429", "503"):
                     resp["headers"] = {
                         "Retry-After": {
-                            "description": "Seconds until an upload will be admitted again.",
+                            "description": "Seconds until an upload will be admitted again."
+                            if status == "429"
+                            else "Seconds after which the request may be sent again.",
                             "required": True,
                             "schema": {"type": "integer", "minimum": 1},
                         }

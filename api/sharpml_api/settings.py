@@ -74,6 +74,11 @@ def _upper(items: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(a.upper() for a in items)
 
 
+def _lower(items: tuple[str, ...]) -> tuple[str, ...]:
+    """Host names compare without case; ``[::1]`` and ``::1`` are one host."""
+    return tuple(a.lower().strip("[]") for a in items)
+
+
 def _key(text: str) -> str:
     """Key material without surrounding whitespace (a trailing newline from a mounted file is not key)."""
     return text.strip()
@@ -142,6 +147,13 @@ class Settings:
     #: Longest an upload's body may take to arrive: a trickling client must not hold a slot forever.
     upload_timeout_seconds: int = setting("SHARPML_UPLOAD_TIMEOUT_SECONDS")
     public_url: str = setting("SHARPML_PUBLIC_URL", lambda url: url.rstrip("/"))
+    #: With no public URL: the Host names the request's own base URL may be built from.
+    allowed_hosts: tuple[str, ...] = setting("SHARPML_ALLOWED_HOSTS", _lower)
+    apiserver_timeout_seconds: int = setting("SHARPML_APISERVER_TIMEOUT_SECONDS")
+    header_timeout_seconds: int = setting("SHARPML_HEADER_TIMEOUT_SECONDS")
+    upload_idle_seconds: int = setting("SHARPML_UPLOAD_IDLE_SECONDS")
+    uploads_per_ip_concurrent: int = setting("SHARPML_UPLOADS_PER_IP_CONCURRENT")
+    webhook_allowed_hosts: tuple[str, ...] = setting("SHARPML_WEBHOOK_ALLOWED_HOSTS", _lower)
     log_level: str = setting("SHARPML_LOG_LEVEL")
 
     @classmethod

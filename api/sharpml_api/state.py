@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from sharpml.layout import DataDir
 from sharpml_api.cluster import Cluster
@@ -21,3 +22,5 @@ class AppState:
     metrics: Metrics
     #: Intake decodes and re-encodes every pixel: a few at a time per replica bounds CPU and memory.
     intake_slots: asyncio.Semaphore
+    #: Uploads in flight on this replica, per client address (SHARPML_UPLOADS_PER_IP_CONCURRENT).
+    uploads_in_flight: Counter[str] = field(default_factory=Counter)

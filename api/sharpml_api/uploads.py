@@ -15,6 +15,7 @@ The spool directory is removed in every case once intake has run (see :func:`spo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import uuid
@@ -33,6 +34,8 @@ from sharpml_api.headers import client_field_name, client_file_name, parse_heade
 from sharpml_api.problems import ApiProblem, field_problem, file_problem
 
 FILES_FIELD = "files"
+#: The spool folder of the data directory: ``uploads/{job id}/`` per upload in transit.
+UPLOADS = "uploads"
 #: Option fields are short strings; anything longer is not an option.
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 32
@@ -249,18 +252,24 @@ class _Receiver:
 
 
 @contextlib.contextmanager
-def spool(data_dir: DataDir) -> Iterator[Path]:
-    """A fresh ``uploads/{uuid}/`` on the data volume (same filesystem as jobs/), removed afterwards."""
+def spool(data_dir: DataDir, job_id: str) -> Iterator[Path]:
+    """A fresh ``uploads/{job id}/`` on the data volume (same filesystem as jobs/), removed afterwards.
+
+    While the upload and its intake (into ``jobs/.incoming-{job id}``) run, the spool directory holds
+    an exclusive ``flock``: the leftovers sweep (:mod:`sharpml_api.sweep`) never removes a spool or a
+    staging directory whose lock is held, by this process or another replica. A crash releases it."""
     data_dir.ensure()
-    root = data_dir.root / "uploads"
+    root = data_dir.root / UPLOADS
     with open_dir(data_dir.root) as fd:
-        make_dir(fd, "uploads", exist_ok=True)
-    name = str(uuid.uuid4())
+        make_dir(fd, UPLOADS, exist_ok=True)
+    name = str(uuid.UUID(job_id))
     with open_dir(root) as fd:
         make_dir(fd, name, mode=0o700)
     path = root / name
     try:
-        yield path
+        with open_dir(path) as lock_fd:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
 

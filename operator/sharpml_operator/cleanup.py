@@ -43,9 +43,9 @@ def finalize(job: Job, snap: Snapshot, pipeline: Pipeline, settings: Settings) -
     if job.spec.job_dir is None:
         return
     try:
-        directory = jobfiles.job_dir(settings.data_dir, job.spec.job_dir)
+        directory = jobfiles.job_dir(settings.data_dir, job.spec.job_dir, job.name)
     except jobfiles.JobDirError:
-        return  # never a directory this job owns: nothing of ours to delete
+        return  # not jobs/<this job's name>: never a directory this job owns, nothing of ours to delete
     if jobfiles.remove(settings.data_dir, directory):
         job.event("FilesDeleted", f"deleted working files {directory.root}")
         log.info("%s/%s: deleted %s", job.namespace, job.name, directory.root)

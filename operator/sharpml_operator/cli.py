@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().removeHandler(handler)
     from kopf.cli import main as kopf_main  # after the Lease: a standby never starts watching
 
+    from sharpml_operator import scope
+
+    scope.NAMESPACES = tuple(args.namespace)
+
     kopf_args = ["run", "--standalone", "-m", "sharpml_operator.handlers"]
     kopf_args += [f"--namespace={ns}" for ns in args.namespace] or ["--all-namespaces"]
     if args.liveness:

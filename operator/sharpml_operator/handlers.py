@@ -26,7 +26,7 @@ from sharpml.contract import (
     JobSpec,
     Phase,
 )
-from sharpml_operator import cleanup, metrics
+from sharpml_operator import cleanup, metrics, orphans, scope
 from sharpml_operator.job import Job
 from sharpml_operator.nodes import NodeView, matches_selector, problem
 from sharpml_operator.pipeline import Pipeline
@@ -72,6 +72,7 @@ async def configure(
     metrics.SFM_CAPACITY.set_function(lambda: nodes_ready() * CFG.node_concurrency)
     metrics.serve(CFG.metrics_port, CFG.data_dir)
     _TASKS.add(asyncio.get_running_loop().create_task(_retention(finished_jobs), name="sharpml-retention"))
+    _TASKS.add(asyncio.get_running_loop().create_task(_orphans(), name="sharpml-orphans"))
     log.info(
         "sharpml-operator: image=%s concurrency per SfM node=%d data=%s node selector=%s",
         CFG.image,
@@ -241,6 +242,25 @@ async def _retention(finished_jobs: kopf.Index) -> None:
                 deleted |= set(await asyncio.to_thread(cleanup.expire, due))
             except Exception:  # an apiserver outage must not end retention for good
                 log.exception("retention check failed")
+
+
+# --- job directories without a SharpJob: at start-up, then periodically ------------------------------------
+
+
+async def _orphans() -> None:
+    """Sweep job directories no SharpJob owns (:mod:`sharpml_operator.orphans`) now and every
+    SHARPML_ORPHAN_CHECK_SECONDS; an apiserver or volume failure skips one round, never the loop."""
+    while True:
+        try:
+            await asyncio.to_thread(
+                orphans.sweep,
+                CFG.data_dir,
+                CFG.orphan_grace_seconds,
+                lambda: orphans.list_sharpjobs(scope.NAMESPACES),
+            )
+        except Exception:
+            log.exception("sweep of job directories without a SharpJob failed")
+        await asyncio.sleep(CFG.orphan_check_seconds)
 
 
 # --- metrics mirror ---

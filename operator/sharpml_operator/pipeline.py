@@ -46,8 +46,13 @@ class Pipeline:
             )
             return
         try:
-            jobfiles.check_ready(jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir))
-        except (jobfiles.JobDirError, OSError) as exc:
+            directory = jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir, job.name)
+            jobfiles.check_ready(directory)
+            jobfiles.check_image_count(directory, job.spec.image_count)
+        except jobfiles.JobDirError as exc:
+            job.fail(exc.reason, str(exc))
+            return
+        except OSError as exc:
             job.fail("JobDirMissing", str(exc))
             return
         job.patch.stamp("queuedAt")

@@ -46,6 +46,8 @@ def _defaults(env: Mapping[str, str] = {}) -> dict[str, Any]:
         "sfm_threads": value(env, "SHARPML_SFM_THREADS"),
         "poll_seconds": value(env, "SHARPML_OPERATOR_POLL_SECONDS"),
         "retention_check_seconds": value(env, "SHARPML_RETENTION_CHECK_SECONDS"),
+        "orphan_grace_seconds": value(env, "SHARPML_ORPHAN_GRACE_SECONDS"),
+        "orphan_check_seconds": value(env, "SHARPML_ORPHAN_CHECK_SECONDS"),
         "start_timeout_seconds": value(env, "SHARPML_SFM_START_TIMEOUT_SECONDS"),
         "metrics_port": value(env, "SHARPML_METRICS_PORT"),
         "training": TrainingSettings.from_env(env),
@@ -207,6 +209,9 @@ class Settings:
     sfm_threads: int
     poll_seconds: float
     retention_check_seconds: float
+    #: Job directories no SharpJob owns are deleted this long after their last change (0: never).
+    orphan_grace_seconds: int
+    orphan_check_seconds: float
     start_timeout_seconds: int
     metrics_port: int
     training: TrainingSettings

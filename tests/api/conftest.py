@@ -101,6 +101,11 @@ def settings_for(
                 per_ip_per_hour=1000, per_account_per_day=1000, anonymous_per_ip_per_day=1000
             ),
             intake_workers=1,
+            # The hosts tests call the API by: httpx's in-process client (api.test), schemathesis'
+            # (testserver), raw sockets (Host: api) and uvicorn on loopback.
+            allowed_hosts=("api.test", "testserver", "api", "127.0.0.1", "localhost"),
+            # Webhook hosts are resolved at submission; this machine may have no DNS.
+            webhook_allowed_hosts=("hooks.example.com",),
         )
         return dataclasses.replace(base, **overrides)
 
@@ -112,9 +117,13 @@ def settings(settings_for: Callable[..., Settings]) -> Settings:
     return settings_for()
 
 
-def asgi_client(settings: Settings, client_ip: str = CLIENT_IP) -> httpx.AsyncClient:
+def asgi_client(
+    settings: Settings, client_ip: str = CLIENT_IP, raise_app_exceptions: bool = True
+) -> httpx.AsyncClient:
     app = create_app(settings)
-    transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
+    transport = httpx.ASGITransport(
+        app=app, client=(client_ip, 40000), raise_app_exceptions=raise_app_exceptions
+    )
     return httpx.AsyncClient(transport=transport, base_url="http://api.test")
 
 
@@ -179,6 +188,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "SHARPML_SSE_KEEPALIVE_SECONDS": str(settings.sse_keepalive_seconds),
         "SHARPML_UPLOAD_TIMEOUT_SECONDS": str(settings.upload_timeout_seconds),
         "SHARPML_INTAKE_WORKERS": str(settings.intake_workers),
+        "SHARPML_ALLOWED_HOSTS": ",".join(settings.allowed_hosts),
+        "SHARPML_PUBLIC_URL": settings.public_url,
+        "SHARPML_APISERVER_TIMEOUT_SECONDS": str(settings.apiserver_timeout_seconds),
+        "SHARPML_HEADER_TIMEOUT_SECONDS": str(settings.header_timeout_seconds),
+        "SHARPML_UPLOAD_IDLE_SECONDS": str(settings.upload_idle_seconds),
+        "SHARPML_UPLOADS_PER_IP_CONCURRENT": str(settings.uploads_per_ip_concurrent),
+        "SHARPML_WEBHOOK_ALLOWED_HOSTS": ",".join(settings.webhook_allowed_hosts),
         "SHARPML_LOG_LEVEL": "warning",
     }
 

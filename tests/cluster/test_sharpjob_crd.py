@@ -61,7 +61,7 @@ def test_defaults_are_filled_in(control_plane, sharpjob_crd, namespace):
     assert spec["ttlSecondsAfterFinished"] == TTL_SECONDS_AFTER_FINISHED == 86400
 
 
-def _upload(count: int = 24, job_dir: str = "jobs/3f2c9a4e-5b1d-4c2a-9e7f-0a1b2c3d4e5f") -> dict:
+def _upload(count: int = 24, job_dir: str = "jobs/chair") -> dict:
     return {"upload": {"jobDir": job_dir, "imageCount": count}}
 
 
@@ -109,6 +109,10 @@ INVALID = {
     "other-folder-job-dir": (
         _job(source=_upload(job_dir="splats/x")),
         ["spec.source.upload.jobDir must be jobs/<id>: one job's own directory"],
+    ),
+    "another-jobs-dir": (
+        _job(source=_upload(job_dir="jobs/3f2c9a4e-5b1d-4c2a-9e7f-0a1b2c3d4e5f")),
+        ["spec.source.upload.jobDir must be jobs/<metadata.name>", "owns only its own job directory"],
     ),
     "absolute-job-dir": (
         _job(source=_upload(job_dir="/etc/passwd")),

@@ -121,10 +121,12 @@ class DataVolume:
     def data_dir(self) -> DataDir:
         return DataDir(self.root)
 
-    def new_job(self, uploads: list[Upload]) -> str:
-        """A job directory as the API makes it (sharpml.intake.ingest); returns its jobDir (relative)."""
+    def new_job(self, uploads: list[Upload], name: str) -> str:
+        """A job directory as the API makes it (sharpml.intake.ingest), for the SharpJob ``name``: a job
+        owns only ``jobs/<its name>`` (the CRD and the operator insist); returns that jobDir."""
         result = ingest(uploads, self.data_dir.ensure(), IntakeLimits())
-        return str(result.job.root.relative_to(self.root))
+        result.job.root.rename(self.data_dir.jobs / name)
+        return f"jobs/{name}"
 
 
 @pytest.fixture

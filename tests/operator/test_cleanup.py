@@ -35,7 +35,7 @@ def test_deleting_a_running_job_stops_its_pod_and_deletes_its_files(
 ):
     cp, ns = control_plane, namespace
     op = start_operator(**SLOW_POD)
-    job_dir = data_volume.new_job(scene_uploads)
+    job_dir = data_volume.new_job(scene_uploads, "gone")
     create(cp, ns, sharpjob("gone", job_dir, len(scene_uploads)))
     wait_for(cp, ns, "gone", lambda j: j.get("status", {}).get("phase") == "Reconstructing", operator=op)
     _wait(
@@ -58,7 +58,7 @@ def test_cancel_then_retention_deletes_job_and_files(
 ):
     cp, ns = control_plane, namespace
     op = start_operator(**SLOW_POD)
-    job_dir = data_volume.new_job(scene_uploads)
+    job_dir = data_volume.new_job(scene_uploads, "stop")
     # A TTL that cannot expire during the first half, however slowly the pod stops on a loaded machine.
     create(cp, ns, sharpjob("stop", job_dir, len(scene_uploads), ttlSecondsAfterFinished=3600))
     wait_phase(cp, ns, "stop", "Reconstructing", operator=op)
@@ -101,7 +101,7 @@ def test_retention_survives_an_operator_restart(
 ):
     cp, ns = control_plane, namespace
     op = start_operator()
-    job_dir = data_volume.new_job(scene_uploads)
+    job_dir = data_volume.new_job(scene_uploads, "later")
     create(cp, ns, sharpjob("later", job_dir, len(scene_uploads), ttlSecondsAfterFinished=6, cancel=True))
     wait_phase(cp, ns, "later", "Cancelled", operator=op)
     op.kill()

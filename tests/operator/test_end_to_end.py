@@ -20,7 +20,7 @@ def test_sharpjob_is_reconstructed_then_complete(
     control_plane, namespace, data_volume, start_operator, node_agent, scene_uploads, sfm_node
 ):
     op = start_operator()
-    job_dir = data_volume.new_job(scene_uploads)
+    job_dir = data_volume.new_job(scene_uploads, "chair")
     create(control_plane, namespace, sharpjob("chair", job_dir, len(scene_uploads)))
 
     job = wait_phase(control_plane, namespace, "chair", "Complete", "Failed", timeout=240, operator=op)

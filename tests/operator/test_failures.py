@@ -28,7 +28,11 @@ def test_deadline_exceeded(control_plane, namespace, data_volume, start_operator
     # takes longer than that there. (At full speed 8 small photos reconstruct in about 2 s, so an
     # unthrottled pod sometimes finished in time and the job completed.)
     op = start_operator(job_timeout_ms="2000", sfm_cpu_request="100m", sfm_cpu_limit="100m")
-    create(control_plane, namespace, sharpjob("slow", data_volume.new_job(scene_uploads), len(scene_uploads)))
+    create(
+        control_plane,
+        namespace,
+        sharpjob("slow", data_volume.new_job(scene_uploads, "slow"), len(scene_uploads)),
+    )
     status, cond = _failed(control_plane, namespace, "slow", op)
     assert cond["reason"] == "Timeout" and "timeout of 2 s" in status["message"]
     (pod,) = sfm_pods(control_plane, namespace)
@@ -42,7 +46,11 @@ def test_deadline_exceeded(control_plane, namespace, data_volume, start_operator
 
 def test_out_of_memory(control_plane, namespace, data_volume, start_operator, scene_uploads):
     op = start_operator(sfm_memory_request="48Mi", sfm_memory_limit="48Mi")
-    create(control_plane, namespace, sharpjob("big", data_volume.new_job(scene_uploads), len(scene_uploads)))
+    create(
+        control_plane,
+        namespace,
+        sharpjob("big", data_volume.new_job(scene_uploads, "big"), len(scene_uploads)),
+    )
     status, cond = _failed(control_plane, namespace, "big", op)
     assert cond["reason"] == "OutOfMemory" and "48Mi" in status["message"]
     (pod,) = sfm_pods(control_plane, namespace)
@@ -53,7 +61,9 @@ def test_out_of_memory(control_plane, namespace, data_volume, start_operator, sc
 def test_too_few_registered_photos(control_plane, namespace, data_volume, start_operator, noise_uploads):
     op = start_operator()
     create(
-        control_plane, namespace, sharpjob("noise", data_volume.new_job(noise_uploads), len(noise_uploads))
+        control_plane,
+        namespace,
+        sharpjob("noise", data_volume.new_job(noise_uploads, "noise"), len(noise_uploads)),
     )
     status, cond = _failed(control_plane, namespace, "noise", op)
     assert cond["reason"] == "QualityGate"
@@ -67,7 +77,9 @@ def test_missing_image_fails_with_pull_reason(
 ):
     op = start_operator(sfm_image="localhost/sharpml-sfm:does-not-exist")
     create(
-        control_plane, namespace, sharpjob("noimg", data_volume.new_job(scene_uploads), len(scene_uploads))
+        control_plane,
+        namespace,
+        sharpjob("noimg", data_volume.new_job(scene_uploads, "noimg"), len(scene_uploads)),
     )
     status, cond = _failed(control_plane, namespace, "noimg", op)
     assert cond["reason"] == "ImagePullFailed" and "ErrImageNeverPull" in status["message"]
@@ -80,7 +92,7 @@ def test_missing_image_fails_with_pull_reason(
 
 def test_missing_job_directory(control_plane, namespace, data_volume, start_operator):
     op = start_operator()
-    create(control_plane, namespace, sharpjob("ghost", "jobs/00000000-0000-4000-8000-000000000000", 8))
+    create(control_plane, namespace, sharpjob("ghost", "jobs/ghost", 8))
     status, cond = _failed(control_plane, namespace, "ghost", op)
     assert cond["reason"] == "JobDirMissing" and "does not exist" in status["message"]
     assert sfm_pods(control_plane, namespace) == []

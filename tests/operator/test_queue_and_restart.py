@@ -26,9 +26,9 @@ def test_restart_during_queued_and_reconstructing(
 ):
     cp, ns = control_plane, namespace
     op = start_operator(sfm_concurrency="1", **SLOW_POD)
-    create(cp, ns, sharpjob("first", data_volume.new_job(scene_uploads), len(scene_uploads)))
+    create(cp, ns, sharpjob("first", data_volume.new_job(scene_uploads, "first"), len(scene_uploads)))
     wait_phase(cp, ns, "first", "Reconstructing", operator=op)
-    create(cp, ns, sharpjob("second", data_volume.new_job(scene_uploads), len(scene_uploads)))
+    create(cp, ns, sharpjob("second", data_volume.new_job(scene_uploads, "second"), len(scene_uploads)))
     wait_for(
         cp,
         ns,
@@ -63,7 +63,7 @@ def test_queue_runs_five_jobs_one_at_a_time_in_creation_order(
     cp, ns = control_plane, namespace
     op = start_operator(sfm_concurrency="1", **SLOW_POD)
     names = [f"job-{i}" for i in range(5)]
-    dirs = [data_volume.new_job(scene_uploads) for _ in names]
+    dirs = [data_volume.new_job(scene_uploads, name) for name in names]
     for name, d in zip(names, dirs, strict=True):
         create(cp, ns, sharpjob(name, d, len(scene_uploads)))
 
@@ -103,7 +103,7 @@ def test_a_pod_created_before_a_crash_is_adopted_not_duplicated(control_plane, n
     cp, ns = control_plane, namespace
     op = start_operator()
     op.kill()
-    job_dir = data_volume.new_job(scene_uploads)
+    job_dir = data_volume.new_job(scene_uploads, "orphan")
     create(cp, ns, sharpjob("orphan", job_dir, len(scene_uploads)))
     job = get_job(cp, ns, "orphan")
     pod = sfm_pod(

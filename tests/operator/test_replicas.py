@@ -29,7 +29,7 @@ def test_only_the_lease_holder_acts_and_a_standby_takes_over(control_plane, name
     leader = _holder(cp, ns)
 
     # A job without photos fails at once: enough to see which replica handled it.
-    create(cp, ns, sharpjob("one", "jobs/00000000-0000-4000-8000-000000000001", 8))
+    create(cp, ns, sharpjob("one", "jobs/one", 8))
     wait_phase(cp, ns, "one", "Failed", operator=first)
     assert "/one: Failed" in first.log() and "/one:" not in second.log()
 
@@ -38,6 +38,6 @@ def test_only_the_lease_holder_acts_and_a_standby_takes_over(control_plane, name
     while _holder(cp, ns) == leader:
         assert time.monotonic() < deadline, second.log()
         time.sleep(0.3)
-    create(cp, ns, sharpjob("two", "jobs/00000000-0000-4000-8000-000000000002", 8))
+    create(cp, ns, sharpjob("two", "jobs/two", 8))
     wait_phase(cp, ns, "two", "Failed", operator=second)
     assert "/two: Failed" in second.log()

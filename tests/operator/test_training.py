@@ -124,7 +124,7 @@ def training(s3_server, runpod_server, runpod_worker, data_volume, tmp_path) -> 
 
 
 def _submit(training: Training, cp, namespace: str, scene_uploads, name: str, **spec_training: Any) -> None:
-    job_dir = training.volume.new_job(scene_uploads)
+    job_dir = training.volume.new_job(scene_uploads, name)
     create(cp, namespace, sharpjob(name, job_dir, len(scene_uploads), training={**QUICK, **spec_training}))
 
 

@@ -71,7 +71,7 @@ def test_cluster_training_pod_trains_once_through_an_operator_restart(
     """SfM pod → training pod (sandboxed, CPU) → Trained → Complete, better than the preview on held-out
     photos. The operator is killed while the pod trains: the new one adopts that pod, never starts another."""
     op = cluster_training()
-    job_dir = data_volume.new_job(scene_uploads)
+    job_dir = data_volume.new_job(scene_uploads, "pod-train")
     # Training is repeatable bit for bit on CPU, so the quality bar is met on every run or on none.
     training = {**QUICK, "steps": 120, "maxGaussians": 20000, "maxImageSize": 96}
     create(control_plane, namespace, sharpjob("pod-train", job_dir, len(scene_uploads), training=training))
@@ -143,7 +143,7 @@ def test_training_pod_out_of_memory_fails_the_job_saying_which_setting(
     cluster_training, control_plane, namespace, data_volume, scene_uploads
 ):
     op = cluster_training(SHARPML_TRAINING_MEMORY_REQUEST="32Mi", SHARPML_TRAINING_MEMORY_LIMIT="48Mi")
-    job_dir = data_volume.new_job(scene_uploads)
+    job_dir = data_volume.new_job(scene_uploads, "pod-oom")
     create(control_plane, namespace, sharpjob("pod-oom", job_dir, len(scene_uploads), training=QUICK))
     job = wait_phase(control_plane, namespace, "pod-oom", "Failed", "Complete", timeout=300, operator=op)
     status = job["status"]
@@ -157,7 +157,7 @@ def test_cancel_during_cluster_training_stops_the_pod(
     cluster_training, control_plane, namespace, data_volume, scene_uploads
 ):
     op = cluster_training()
-    job_dir = data_volume.new_job(scene_uploads)
+    job_dir = data_volume.new_job(scene_uploads, "pod-cancel")
     training = {**QUICK, "steps": 100000}  # would run for hours
     create(control_plane, namespace, sharpjob("pod-cancel", job_dir, len(scene_uploads), training=training))
     wait_for(

@@ -249,10 +249,17 @@ def test_job_dir_names_one_jobs_own_directory_only(tmp_path, rel: str) -> None:
     from sharpml_operator.jobfiles import JobDirError, job_dir
 
     with pytest.raises(JobDirError):
-        job_dir(tmp_path, rel)
-    assert job_dir(tmp_path, "jobs/3f2c9a4e-5b1d-4c2a-9e7f-0a1b2c3d4e5f").root == (
-        tmp_path / "jobs" / "3f2c9a4e-5b1d-4c2a-9e7f-0a1b2c3d4e5f"
-    )
+        job_dir(tmp_path, rel, "x")
+    own = "3f2c9a4e-5b1d-4c2a-9e7f-0a1b2c3d4e5f"
+    assert job_dir(tmp_path, f"jobs/{own}", own).root == tmp_path / "jobs" / own
+
+
+def test_a_job_owns_only_the_directory_named_after_it(tmp_path) -> None:
+    """Another job's directory is refused (JobDirNotOwned): the finalizer would delete its photos."""
+    from sharpml_operator.jobfiles import JobDirNotOwned, job_dir
+
+    with pytest.raises(JobDirNotOwned, match="owns only jobs/<its own name>"):
+        job_dir(tmp_path, "jobs/other-job", "this-job")
 
 
 def test_data_volume_gauges_read_statvfs_at_scrape_time(tmp_path):

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from sharpml.layout import create_file, open_dir
 from sharpml_api.deps import State
-from sharpml_api.problems import ApiProblem, ProblemItem, responses
+from sharpml_api.problems import ProblemItem, responses, unavailable
 from sharpml_api.state import AppState
 
 router = APIRouter()
@@ -56,7 +56,7 @@ async def readyz(st: State) -> Health:
                 ProblemItem(field=check, rule="unavailable", message=f"{check}: {type(exc).__name__}")
             )
     if failed:
-        raise ApiProblem(503, "not-ready", "Not ready", "; ".join(f.message for f in failed), failed)
+        raise unavailable("not-ready", "Not ready", "; ".join(f.message for f in failed), failed)
     return Health(status="ready", checks={"cluster": "ok", "data_dir": "ok"})
 
 

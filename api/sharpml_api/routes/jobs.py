@@ -41,7 +41,7 @@ async def create_job(st: State, upload: Upload) -> JSONResponse:
     "/jobs/{job_id}",
     response_model=JobStatus,
     summary="A job's status",
-    responses=responses(401, 404, 503),
+    responses=responses(400, 401, 404, 503),
 )
 async def get_job(job: OwnedJob, base: BaseUrl) -> JobStatus:
     return JobStatus.from_resource(job, Links.of(base, job["metadata"]["name"]))
@@ -51,7 +51,7 @@ async def get_job(job: OwnedJob, base: BaseUrl) -> JobStatus:
     "/jobs",
     response_model=JobList,
     summary="The caller's jobs, newest first",
-    responses=responses(401, 503),
+    responses=responses(400, 401, 503),
 )
 async def list_jobs(
     st: State,
@@ -75,7 +75,7 @@ async def list_jobs(
     summary="Cancel and delete a job",
     responses={
         202: {"model": JobStatus, "description": "Deletion started; the operator is stopping the job"},
-        **responses(401, 404, 503),
+        **responses(400, 401, 404, 503),
     },
 )
 async def delete_job(st: State, who: Caller, job: OwnedJob, base: BaseUrl) -> Response:
@@ -98,7 +98,7 @@ async def delete_job(st: State, who: Caller, job: OwnedJob, base: BaseUrl) -> Re
             "description": "`event: status` with a JobStatus as data on every change; "
             "`event: deleted` when the job is gone. Ends once the job has finished.",
         },
-        **responses(401, 404, 503),
+        **responses(400, 401, 404, 503),
     },
 )
 async def job_events(st: State, job: OwnedJob, base: BaseUrl) -> StreamingResponse:

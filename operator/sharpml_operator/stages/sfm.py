@@ -61,7 +61,7 @@ class SfmStage(Stage):
         return snap.pod(self.name, job.uid) is not None
 
     def job_dir(self, job: Job) -> JobDir:
-        return jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir or "")
+        return jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir or "", job.name)
 
     # --- slots per SfM node -------------------------------------------------------------------------------
 

@@ -135,7 +135,7 @@ class TrainingStage(Stage):
         return max(0, self.settings.training.concurrency - len(busy))
 
     def job_dir(self, job: Job) -> JobDir:
-        return jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir or "")
+        return jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir or "", job.name)
 
     def key(self, job: Job, name: str) -> str:
         """The job's objects in S3: ``jobs/<uid>/scene.tar.gz``, ``jobs/<uid>/<request id>/...``."""
