@@ -45,7 +45,7 @@ def test_two_sfm_nodes_share_the_queue_one_pod_each_at_a_time(
     selector = {"sharpml.com/role": "sfm", POOL_LABEL: ns}
     names = [f"job-{i}" for i in range(4)]
     for name in names:
-        create(cp, ns, sharpjob(name, data_volume.new_job(scene_uploads), len(scene_uploads)))
+        create(cp, ns, sharpjob(name, data_volume.new_job(scene_uploads, name), len(scene_uploads)))
     op = start_operator(sfm_concurrency="1", sfm_node_selector=json.dumps(selector), **SLOW_POD)
 
     # No node matches yet: every job waits, saying why, and none fails.
