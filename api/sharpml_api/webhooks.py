@@ -37,9 +37,19 @@ def _resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]).split("%", 1)[0] for info in infos]
 
 
+#: IPv6 ranges that carry an IPv4 address in their low 32 bits and reach it: NAT64's well-known prefix
+#: (an IPv6-only cluster's DNS64 gateway forwards 64:ff9b::a00:5 to 10.0.0.5) and the old IPv4-compatible
+#: form. Python calls many such addresses global; the address inside decides.
+_EMBEDS_IPV4 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("::/96"))
+
+
 def _public(addr: Address) -> bool:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = addr.ipv4_mapped or addr.sixtofour  # ::ffff:a.b.c.d, and 6to4's 2002:aabb:ccdd::/48
+        if inner is None and any(addr in net for net in _EMBEDS_IPV4):
+            inner = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if inner is not None and not _public(inner):
+            return False
     return addr.is_global and not addr.is_multicast
 
 

@@ -37,12 +37,26 @@ def create(job: Job, manifest: dict, what: str) -> bool | None:
     except ApiException as exc:
         if exc.status == 409:
             return False
+        message = api_message(exc)
+        if exc.status == 403 and "exceeded quota" in message:  # a full ResourceQuota frees up: wait
+            raise kopf.TemporaryError(f"creating pod {name}: {message}", delay=10) from exc
         if exc.status in (400, 403, 422):
-            job.fail("PodRejected", f"the {what} was refused: {api_message(exc)}")
+            job.fail("PodRejected", f"the {what} was refused: {message}")
             return None
         raise kopf.TemporaryError(f"creating pod {name}: {exc.reason}", delay=2) from exc
     metrics.PODS_CREATED.labels(stage=manifest["metadata"]["labels"]["app.kubernetes.io/component"]).inc()
     return True
+
+
+def read(name: str, namespace: str) -> dict | None:
+    """The pod as JSON straight from the apiserver (when an index may lag behind), or None if absent."""
+    core = kubernetes.client.CoreV1Api()
+    try:
+        return core.api_client.sanitize_for_serialization(core.read_namespaced_pod(name, namespace))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise kopf.TemporaryError(f"reading pod {name}: {exc.reason}", delay=2) from exc
 
 
 def delete(name: str, namespace: str) -> bool:

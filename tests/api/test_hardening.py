@@ -172,6 +172,9 @@ INTERNAL_WEBHOOKS = [
     "http://127.0.0.1:8080/hook",
     "http://[::1]/hook",
     "http://[::ffff:127.0.0.1]/hook",
+    "http://[64:ff9b::a9fe:a9fe]/hook",  # NAT64: the metadata address through an IPv6-only cluster's gateway
+    "http://[2002:a00:1::1]/hook",  # 6to4 of 10.0.0.1
+    "http://[::7f00:1]/hook",  # IPv4-compatible 127.0.0.1
     "http://localhost/hook",
     "http://kubernetes.default.svc/api",
     "http://sharpml-api/hook",

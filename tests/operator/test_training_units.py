@@ -4,6 +4,7 @@ loop and a real S3 server is in test_training.py.)"""
 
 from __future__ import annotations
 
+import shutil
 from decimal import Decimal
 
 import pytest
@@ -11,7 +12,7 @@ from sharpml_operator.job import Job
 from sharpml_operator.settings import Settings
 from sharpml_operator.stages import TrainingStage
 
-from sharpml.contract import JobSpec, JobStatus, StatusPatch
+from sharpml.contract import JobSpec, JobStatus, Phase, StatusPatch
 from sharpml.pricing import RUNPOD_FLEX_USD_PER_SECOND
 
 
@@ -79,3 +80,80 @@ def test_backend_comes_from_status_then_spec_then_the_operator():
         {"training": {"backend": "none"}}, {"phase": "Training", "training": {"backend": "runpod"}}
     )
     assert stage.backend(started) == "runpod"  # a job keeps the backend it started with
+
+
+def _trained_files(directory, gaussians: int = 3) -> None:
+    from sharpml.contract import TrainResult
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "scene.splat").write_bytes(b"\0" * 32 * gaussians)
+    (directory / "point_cloud.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nend_header\n")
+    TrainResult(ok=True, reason=None, steps=10, gaussians=gaussians, device="cpu").write(
+        directory / "result.json"
+    )
+
+
+@pytest.fixture
+def cluster_job(tmp_path, monkeypatch):
+    """Makes a cluster-trained job in Training (its pod recorded): the stage, the job, its directory and
+    the events it posts."""
+
+    def make():
+        settings = Settings.from_env({"SHARPML_DATA_DIR": str(tmp_path)})
+        root = tmp_path / "jobs" / "chair"
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "output").mkdir(parents=True)
+        job = _job(
+            {
+                "source": {"upload": {"jobDir": "jobs/chair", "imageCount": 8}},
+                "training": {"backend": "cluster"},
+            },
+            {"phase": "Training", "training": {"backend": "cluster", "pod": "train-u-1"}},
+        )
+        events: list[str] = []
+        monkeypatch.setattr(job, "event", lambda reason, message, warning=False: events.append(reason))
+        return TrainingStage(settings), job, root, events
+
+    return make
+
+
+def test_results_half_moved_by_a_killed_operator_are_accepted_whole(cluster_job):
+    """SIGKILL between moving result.json and the splat into output/: the next step moves them back and
+    accepts all three (it used to fail the job ResultMissing and delete the valid splat)."""
+    stage, job, root, events = cluster_job()
+    _trained_files(root / "training")
+    (root / "training" / "result.json").rename(root / "output" / "result.json")
+    stage.cluster._succeeded(job, stage.job_dir(job))
+    assert job.phase is Phase.TRAINED and events == ["TrainingSucceeded"], job.patch.view()
+    assert sorted(p.name for p in (root / "output").iterdir()) == [
+        "point_cloud.ply",
+        "result.json",
+        "scene.splat",
+    ]
+    assert not (root / "training").exists() and job.patch["training"]["gaussians"] == 3
+
+
+def test_a_vanished_training_pod_is_never_started_again(cluster_job, monkeypatch):
+    """The recorded pod is gone (deleted, evicted with its node): results it finished are taken, a failure
+    it recorded is the reason, otherwise the job fails PodLost; no second pod, ever."""
+    from sharpml_operator import pods
+    from sharpml_operator.snapshot import Snapshot
+
+    from sharpml.contract import TrainResult
+
+    monkeypatch.setattr(pods, "read", lambda name, namespace: None)
+    monkeypatch.setattr(pods, "create", lambda *a: pytest.fail("a second training pod"))
+    stage, job, root, events = cluster_job()
+    stage.observe(job, Snapshot())
+    assert job.phase is Phase.FAILED and events == ["PodLost"]
+
+    stage, job, root, events = cluster_job()
+    _trained_files(root / "training")
+    stage.observe(job, Snapshot())
+    assert job.phase is Phase.TRAINED and (root / "output" / "scene.splat").is_file()
+
+    stage, job, root, events = cluster_job()
+    (root / "training").mkdir()
+    TrainResult(ok=False, reason="no photo could be trained on").write(root / "training" / "result.json")
+    stage.observe(job, Snapshot())
+    assert job.phase is Phase.FAILED and "no photo could be trained on" in job.patch["message"]

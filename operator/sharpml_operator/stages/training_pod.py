@@ -16,11 +16,12 @@ cured by running the same thing again.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from typing import TYPE_CHECKING
 
 from sharpml.contract import RecordError, TrainResult, read_progress
-from sharpml.layout import TRAIN_RESULT, JobDir, make_dir, open_dir
+from sharpml.layout import TRAIN_RESULT, TRAINED_PLY, TRAINED_SPLAT, JobDir, make_dir, open_dir
 from sharpml_operator import pods
 from sharpml_operator.job import Job
 from sharpml_operator.podspec import TRAINING_STAGE, training_pod, training_pod_name
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sharpml.operator")
 PROGRESS = "progress.json"
+RESULT_FILES = (TRAIN_RESULT, TRAINED_SPLAT, TRAINED_PLY)
 
 
 class ClusterTraining:
@@ -82,26 +84,22 @@ class ClusterTraining:
             )
 
     def observe(self, job: Job, snap: Snapshot) -> None:
+        directory = self.stage.job_dir(job)
         pod = snap.pod(TRAINING_STAGE, job.uid)
         if pod is None:
-            self.start(job, snap)  # deleted by someone else, or not in the index yet: 409 means it is there
-            return
+            if not job.status.training.get("pod"):
+                self.start(job, snap)  # a crash before the pod was recorded: 409 adopts it if it is there
+                return
+            pod = pods.read(training_pod_name(job.uid), job.namespace)  # the index may lag behind
+            if pod is None:
+                self._lost(job, directory)
+                return
         state = classify(pod, start_timeout=self.settings.start_timeout_seconds, kind=TRAINING_POD)
-        directory = self.stage.job_dir(job)
         if not state.finished:
             self._report_progress(job, directory, state.state == "running", state.message)
             return
         if state.state == "succeeded":
-            t = dict(job.patch.view().get("training") or {})
-            # An operator killed after moving the results but before the status said so finds them in
-            # output/ (moving a file onto itself changes nothing): accepted again, never lost.
-            source = directory.training
-            if not (source / TRAIN_RESULT).exists() and (directory.output / TRAIN_RESULT).exists():
-                source = directory.output
-            try:
-                self.stage.accept(job, t, source)
-            finally:
-                shutil.rmtree(directory.training, ignore_errors=True)
+            self._succeeded(job, directory)
             return
         if is_active(pod):  # failed before it ran (unschedulable, no image): it must not hold the slot
             pods.delete(training_pod_name(job.uid), job.namespace)
@@ -113,6 +111,40 @@ class ClusterTraining:
                 reason = None
             message = f"{message}: {reason}" if reason else message
         job.fail(state.reason, message)
+
+    def _succeeded(self, job: Job, directory: JobDir) -> None:
+        """Accept the results in training/. An operator killed while moving them into output/ left some
+        there: they are moved back first, so the job is accepted whole or not at all, never lost."""
+        try:
+            with open_dir(directory.root) as fd:
+                make_dir(fd, directory.training.name, exist_ok=True, mode=0o770)
+            for name in RESULT_FILES:
+                if not (directory.training / name).exists() and (directory.output / name).is_file():
+                    os.replace(directory.output / name, directory.training / name)
+        except OSError as exc:
+            job.fail("ResultMissing", f"the training pod finished but its results could not be read: {exc}")
+            return
+        t = dict(job.patch.view().get("training") or {})
+        self.stage.accept(job, t, directory.training)
+        shutil.rmtree(directory.training, ignore_errors=True)  # accepted (moved) or refused: nothing kept
+
+    def _lost(self, job: Job, directory: JobDir) -> None:
+        """The recorded pod is gone (deleted, evicted with its node, garbage-collected). Training is never
+        started again behind the user's back: results it left are taken, else the job fails."""
+        try:
+            result = TrainResult.read(directory.training / TRAIN_RESULT)
+        except (OSError, ValueError, RecordError):
+            result = None
+        if result is not None and result.ok:
+            self._succeeded(job, directory)
+        elif result is not None:
+            job.fail("TrainingFailed", f"training failed: {result.reason}")
+        else:
+            job.fail(
+                "PodLost",
+                f"the training pod {training_pod_name(job.uid)} disappeared before it finished (deleted, or "
+                "evicted with its node); training is not restarted: create the SharpJob again",
+            )
 
     def _report_progress(self, job: Job, directory: JobDir, running: bool, message: str) -> None:
         """The trainer's progress.json is the record a RunPod worker reports: one reading for both."""
