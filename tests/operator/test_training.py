@@ -192,6 +192,7 @@ def test_upload_to_trained_through_runpod_better_than_the_preview(
         jwt=JwtSettings(algorithms=("HS256",), secret=HS_SECRET, issuer=ISSUER, audience=AUDIENCE),
         rate_limits=RateLimits(per_ip_per_hour=100, per_account_per_day=100, anonymous_per_ip_per_day=100),
         intake_workers=1,
+        allowed_hosts=("api.test",),  # the in-process client's Host (no public URL is set)
     )
     photos = [u.path for u in scene_uploads]
 
@@ -302,8 +303,7 @@ def test_a_job_runpod_delivers_twice_trains_once(
     training, control_plane, namespace, start_operator, scene_uploads
 ):
     start_operator(env=training.operator_env())
-    training.start_worker()
-    training.start_worker()
+    workers = [training.start_worker(), training.start_worker()]
     training.runpod.faults.deliver_twice()
     _submit(training, control_plane, namespace, scene_uploads, "twice")
     job = wait_phase(control_plane, namespace, "twice", "Complete", "Failed", timeout=300)
@@ -314,7 +314,13 @@ def test_a_job_runpod_delivers_twice_trains_once(
         record = training.runpod.job(job_record.id)
         return record if all(d.result is not None for d in record.deliveries) else None
 
-    record = wait_until(both_reported, 60, "both deliveries' results")
+    try:
+        record = wait_until(both_reported, 60, "both deliveries' results")
+    except AssertionError as exc:  # say which delivery went silent, to whom, and what the workers logged
+        record = training.runpod.job(job_record.id)
+        deliveries = [(d.worker_id, d.closed_at, d.result) for d in record.deliveries]
+        logs = [w.output()[-3000:] for w in workers]
+        raise AssertionError(f"{exc}: deliveries {deliveries}; worker logs {logs}") from None
     assert record.handed_out == 2
     outputs = [(d.result or {}).get("output") for d in record.deliveries]
     assert sorted(bool(isinstance(o, dict) and o.get("duplicate")) for o in outputs) == [False, True], outputs
