@@ -310,20 +310,26 @@ def test_a_job_runpod_delivers_twice_trains_once(
     _assert_trained_once(training, job, training.volume.root / job["spec"]["source"]["upload"]["jobDir"])
     (job_record,) = training.runpod.jobs()
 
-    def both_reported() -> Any:
+    # Both deliveries end; the duplicate reports {"duplicate": true}. Which one ends first is a race: when
+    # the duplicate answers first, RunPod's record is COMPLETED with it and the job-stop channel stops the
+    # delivery still training, which then reports nothing (its SDK loop cancels the job's task) while its
+    # thread finishes and uploads the results the operator collects. So a delivery may end without a
+    # result, never with a second training result.
+    def both_ended() -> Any:
         record = training.runpod.job(job_record.id)
-        return record if all(d.result is not None for d in record.deliveries) else None
+        return record if all(d.closed_at is not None for d in record.deliveries) else None
 
     try:
-        record = wait_until(both_reported, 60, "both deliveries' results")
+        record = wait_until(both_ended, 60, "both deliveries to end")
     except AssertionError as exc:  # say which delivery went silent, to whom, and what the workers logged
         record = training.runpod.job(job_record.id)
         deliveries = [(d.worker_id, d.closed_at, d.result) for d in record.deliveries]
         logs = [w.output()[-3000:] for w in workers]
         raise AssertionError(f"{exc}: deliveries {deliveries}; worker logs {logs}") from None
     assert record.handed_out == 2
-    outputs = [(d.result or {}).get("output") for d in record.deliveries]
-    assert sorted(bool(isinstance(o, dict) and o.get("duplicate")) for o in outputs) == [False, True], outputs
+    outputs = [d.result.get("output") for d in record.deliveries if d.result is not None]
+    duplicates = [isinstance(o, dict) and bool(o.get("duplicate")) for o in outputs]
+    assert duplicates.count(True) == 1 and duplicates.count(False) <= 1, outputs
 
 
 # --- failures ----------------------------------------------------------------------------------------------
