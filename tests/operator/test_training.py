@@ -38,10 +38,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.podman, pytest.mark.s3, pytest.ma
 
 WORKER = "sharpml.train.runpod_worker"
 #: Small and quick: enough to show the whole chain; the quality test trains longer.
-QUICK = {"backend": "runpod", "steps": 20, "maxGaussians": 2000}
+#: The training size is the job's (spec.training.maxImageSize, sent to the worker in its options).
+QUICK = {"backend": "runpod", "steps": 20, "maxGaussians": 2000, "maxImageSize": 64}
 QUICK_WORKER_ENV = {
     "SHARPML_TRAIN_DEVICE": "cpu",
-    "SHARPML_TRAIN_MAX_IMAGE_SIZE": "64",
     "SHARPML_TRAIN_THREADS": "1",
 }
 
@@ -184,7 +184,7 @@ def test_upload_to_trained_through_runpod_better_than_the_preview(
     from tests.api.conftest import AUDIENCE, HS_SECRET, ISSUER, asgi_client, bearer, multipart
 
     op = start_operator(env=training.operator_env())
-    worker = training.start_worker(SHARPML_TRAIN_MAX_IMAGE_SIZE="120", SHARPML_TRAIN_THREADS="2")
+    worker = training.start_worker(SHARPML_TRAIN_THREADS="2")
     api_settings = ApiSettings(
         data_dir=training.volume.root,
         namespace=namespace,
@@ -198,7 +198,12 @@ def test_upload_to_trained_through_runpod_better_than_the_preview(
 
     async def upload() -> str:
         async with asgi_client(api_settings) as api:
-            fields = {"training": "runpod", "training_steps": "200", "max_gaussians": "20000"}
+            fields = {
+                "training": "runpod",
+                "training_steps": "200",
+                "max_gaussians": "20000",
+                "train_image_size": "120",
+            }
             resp = await api.post("/v1/jobs", headers=bearer("acct-train"), **multipart(photos, fields))
             assert resp.status_code == 201, resp.text
             return resp.json()["id"]
