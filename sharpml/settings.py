@@ -337,6 +337,25 @@ SETTINGS: tuple[Setting, ...] = (
         "webhook hosts and CIDRs accepted although internal (tests, intranets)",
         "api",
     ),
+    # Signed links (sharpml.links): the API verifies them and mints them in answers, the operator mints the
+    # ones its notifications carry; both need the same keys and the same public URL.
+    Setting(
+        "SHARPML_LINK_KEYS",
+        "secret",
+        "",
+        "`kid:secret,...` HMAC keys of signed links, 32+ bytes each; the first signs, all verify (rotation)",
+        "api",
+        shown="none: no links are issued",
+    ),
+    Setting(
+        "SHARPML_LINK_TTL_SECONDS",
+        "int",
+        7 * 24 * 3600,
+        "how long a signed download or share link works (never past the artifact's expiry)",
+        "api",
+        60,
+        90 * 24 * 3600,
+    ),
     Setting(
         "SHARPML_LOG_LEVEL",
         "choice",
@@ -557,7 +576,7 @@ SETTINGS: tuple[Setting, ...] = (
         "operator",
         0,
     ),
-    # The object store between the operator and the GPU worker (sharpml_operator.storage): scenes go up,
+    # The object store between the operator and the GPU worker (sharpml.storage): scenes go up,
     # results come back, through presigned URLs so that the worker holds no credentials.
     Setting(
         "SHARPML_S3_ENDPOINT",

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from sharpml.config import default_data_dir, job_timeout_seconds
 from sharpml.pricing import RUNPOD_FLEX_USD_PER_SECOND
-from sharpml.settings import ConfigError, value
+from sharpml.settings import value
+from sharpml.storage import S3Settings
 
 #: Queue slots are per kind of resource; each stage names the kind it occupies.
 SFM_NODE = "sfm-node"
@@ -116,47 +116,6 @@ class TrainingPodSettings:
                 ephemeral_request=value(env, "SHARPML_TRAINING_EPHEMERAL_REQUEST"),
                 ephemeral_limit=value(env, "SHARPML_TRAINING_EPHEMERAL_LIMIT"),
             ),
-        )
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """Where the jobs' objects live (``sharpml_operator.storage``); empty fields mean AWS's defaults."""
-
-    #: ``https://host[:port]``; empty: AWS S3 for ``region``.
-    endpoint: str
-    region: str
-    bucket: str
-    #: Prepended to every key SharpML writes; empty or ending in ``/``.
-    prefix: str
-    #: Both empty: boto3's default credential chain (IAM role, AWS_* variables, ...).
-    access_key_id: str = field(repr=False)
-    secret_access_key: str = field(repr=False)
-    #: PEM bundle of the CAs trusted for ``endpoint``; None: the system's.
-    ca_bundle: Path | None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> S3Settings:
-        endpoint = value(env, "SHARPML_S3_ENDPOINT").rstrip("/")
-        if endpoint:
-            parts = urlsplit(endpoint)
-            if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query:
-                raise ConfigError(f"SHARPML_S3_ENDPOINT={endpoint!r}: must be http(s)://host[:port]")
-        key_id, secret = value(env, "SHARPML_S3_ACCESS_KEY_ID"), value(env, "SHARPML_S3_SECRET_ACCESS_KEY")
-        if bool(key_id) != bool(secret):
-            raise ConfigError(
-                "SHARPML_S3_ACCESS_KEY_ID and SHARPML_S3_SECRET_ACCESS_KEY: set both, or neither "
-                "(then boto3's default credential chain is used)"
-            )
-        prefix = value(env, "SHARPML_S3_PREFIX").strip("/")
-        return cls(
-            endpoint=endpoint,
-            region=value(env, "SHARPML_S3_REGION"),
-            bucket=value(env, "SHARPML_S3_BUCKET"),
-            prefix=prefix + "/" if prefix else "",
-            access_key_id=key_id,
-            secret_access_key=secret,
-            ca_bundle=value(env, "SHARPML_S3_CA_BUNDLE"),
         )
 
 

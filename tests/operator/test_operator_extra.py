@@ -60,7 +60,7 @@ settings = Settings.from_env({"SHARPML_DATA_DIR": str(data), "SHARPML_TRAINING_B
 pipeline = Pipeline(settings)
 
 # The object store's client (boto3) comes with the extra; presigning is local, so no server is needed.
-from sharpml_operator.storage import IF_NONE_MATCH, Storage
+from sharpml.storage import IF_NONE_MATCH, Storage
 claim = Storage.from_settings(settings.s3).presign_put("claims/r1", 60, if_none_match=True)
 assert claim.startswith("https://s3.example:9000/sharpml/sharpml/claims/r1?"), claim
 assert "if-none-match" in claim and IF_NONE_MATCH == {"If-None-Match": "*"}, claim
@@ -123,4 +123,4 @@ def test_operator_runs_with_only_its_extra_installed(tmp_path: Path) -> None:
     assert out["events"] == ["SfmSucceeded", "Complete"]
     assert not {m.split(".")[0] for m in out["modules"]} & set(FORBIDDEN)
     assert "kopf" in out["modules"] and "sharpml_operator.stages.sfm" in out["modules"]
-    assert "boto3" in out["modules"] and "sharpml_operator.storage" in out["modules"]
+    assert "boto3" in out["modules"] and "sharpml.storage" in out["modules"]

@@ -12,9 +12,8 @@ import uuid
 from typing import Any
 
 import pytest
-from sharpml_operator.settings import S3Settings
-from sharpml_operator.storage import Storage
 
+from sharpml.storage import S3Settings, Storage
 from tests.conftest import _load_hack
 
 s3server = _load_hack("s3server")

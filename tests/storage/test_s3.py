@@ -11,9 +11,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
-from sharpml_operator.storage import IF_NONE_MATCH, Storage, StorageError
 
 from sharpml.settings import REGISTRY
+from sharpml.storage import IF_NONE_MATCH, Storage, StorageError
 from tests.storage.conftest import http, s3server, storage_for
 
 pytestmark = [pytest.mark.s3, pytest.mark.usefixtures("worker_trust")]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sharpml_operator.settings import S3Settings, Settings
+from sharpml_operator.settings import Settings
 
 from sharpml.settings import ConfigError
+from sharpml.storage import S3Settings
 
 
 def test_defaults_mean_aws_and_the_default_credential_chain() -> None:

@@ -46,6 +46,7 @@ from typing import Any
 from sharpml.contract import Phase, RecordError, TrainResult, count_gaussians
 from sharpml.contract.status import now_rfc3339, seconds_since
 from sharpml.layout import TRAIN_RESULT, TRAINED_PLY, TRAINED_SPLAT, JobDir
+from sharpml.storage import Storage, StorageError
 from sharpml_operator import jobfiles, metrics
 from sharpml_operator.job import Job
 from sharpml_operator.podspec import TRAINING_STAGE
@@ -54,7 +55,6 @@ from sharpml_operator.settings import GPU, Settings
 from sharpml_operator.snapshot import Snapshot
 from sharpml_operator.stages.base import Stage
 from sharpml_operator.stages.training_pod import ClusterTraining
-from sharpml_operator.storage import Storage, StorageError
 
 log = logging.getLogger("sharpml.operator")
 

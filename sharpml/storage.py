@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.client import Config
@@ -26,7 +29,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as EndpointUnreachable
 
-from sharpml_operator.settings import S3Settings
+from sharpml.settings import ConfigError, value
 
 #: The longest a SigV4 presigned URL may live (S3's own limit: 7 days).
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
@@ -39,6 +42,47 @@ _CHUNK = 1024 * 1024
 Reason = Literal["unavailable", "not-found", "refused", "too-large"]
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _BUSY = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable"}
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where SharpML's objects live; empty fields mean AWS's defaults."""
+
+    #: ``https://host[:port]``; empty: AWS S3 for ``region``.
+    endpoint: str
+    region: str
+    bucket: str
+    #: Prepended to every key SharpML writes; empty or ending in ``/``.
+    prefix: str
+    #: Both empty: boto3's default credential chain (IAM role, AWS_* variables, ...).
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    #: PEM bundle of the CAs trusted for ``endpoint``; None: the system's.
+    ca_bundle: Path | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> S3Settings:
+        endpoint = value(env, "SHARPML_S3_ENDPOINT").rstrip("/")
+        if endpoint:
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query:
+                raise ConfigError(f"SHARPML_S3_ENDPOINT={endpoint!r}: must be http(s)://host[:port]")
+        key_id, secret = value(env, "SHARPML_S3_ACCESS_KEY_ID"), value(env, "SHARPML_S3_SECRET_ACCESS_KEY")
+        if bool(key_id) != bool(secret):
+            raise ConfigError(
+                "SHARPML_S3_ACCESS_KEY_ID and SHARPML_S3_SECRET_ACCESS_KEY: set both, or neither "
+                "(then boto3's default credential chain is used)"
+            )
+        prefix = value(env, "SHARPML_S3_PREFIX").strip("/")
+        return cls(
+            endpoint=endpoint,
+            region=value(env, "SHARPML_S3_REGION"),
+            bucket=value(env, "SHARPML_S3_BUCKET"),
+            prefix=prefix + "/" if prefix else "",
+            access_key_id=key_id,
+            secret_access_key=secret,
+            ca_bundle=value(env, "SHARPML_S3_CA_BUNDLE"),
+        )
 
 
 class StorageError(RuntimeError):
