@@ -19,7 +19,7 @@ import pycolmap
 from tqdm import tqdm
 
 from sharpml import intake, sfm, splat
-from sharpml.config import MB, ConfigError, IntakeLimits
+from sharpml.config import MB, ConfigError, IntakeLimits, job_timeout_seconds
 from sharpml.contract import (
     EXIT_COLMAP_FAILED,
     EXIT_ERROR,
@@ -27,8 +27,10 @@ from sharpml.contract import (
     EXIT_QUALITY_GATE,
     EXIT_REJECTED,
     EXIT_TRAINING_FAILED,
+    SfmResult,
 )
 from sharpml.layout import DataDir, JobDir
+from sharpml.sfm_features import FIRST_OCTAVES, UPSAMPLE_AT_MOST_PX
 from sharpml.train.options import DEVICES, TrainOptions
 
 _STAGE_TITLES = {
@@ -36,6 +38,7 @@ _STAGE_TITLES = {
     "extract": "finding features",
     "match": "matching photos",
     "map": "placing cameras",
+    "retry": "retrying",
     "undistort": "undistorting",
     "load": "loading the scene",
     "train": "training",
@@ -126,6 +129,14 @@ def cli() -> None:
 @click.option("--matcher", type=click.Choice(sfm.MATCHERS), default="auto", show_default=True)
 @click.option("--mapper", type=click.Choice(sfm.MAPPERS), default="auto", show_default=True)
 @click.option("--max-image-size", type=click.IntRange(200, 8000), default=sfm.SfmOptions.max_image_size)
+@click.option(
+    "--first-octave",
+    type=click.Choice(FIRST_OCTAVES),
+    default="auto",
+    show_default=True,
+    help=f"SIFT's first octave (auto: -1, 2x upsampling, for photos of at most {UPSAMPLE_AT_MOST_PX} px).",
+)
+@click.option("--no-retry", is_flag=True, help="One SfM attempt only: no fallback ladder.")
 @click.option("--threads", type=int, default=-1, help="Worker threads for COLMAP (-1: all cores).")
 @click.option("--verbose", is_flag=True, help="Show COLMAP's own log.")
 @click.option(
@@ -144,6 +155,8 @@ def process(
     matcher: str,
     mapper: str,
     max_image_size: int,
+    first_octave: str,
+    no_retry: bool,
     threads: int,
     verbose: bool,
     do_train: bool,
@@ -161,7 +174,13 @@ def process(
     few hundred pixels.
     """
     options = sfm.SfmOptions(
-        matcher=matcher, mapper=mapper, max_image_size=max_image_size, num_threads=threads
+        matcher=matcher,
+        mapper=mapper,
+        max_image_size=max_image_size,
+        num_threads=threads,
+        first_octave=first_octave,
+        retry=not no_retry,
+        time_budget_s=job_timeout_seconds(),
     )
     training = None
     if do_train:
@@ -220,12 +239,14 @@ def _run_job(
         click.secho(f"✘ reconstruction rejected: {result.reason}", fg="red", err=True)
         if result.unregistered:
             click.echo(f"  not placed: {', '.join(result.unregistered)}", err=True)
+        for attempt in result.attempts:
+            click.echo(f"  attempt {attempt['name']}: {attempt['outcome']}", err=True)
         click.echo(f"  job files: {accepted.job.root}", err=True)
         return EXIT_QUALITY_GATE, accepted.job
     click.secho(
         f"✔ structure from motion: {result.registered}/{result.total} photos placed, {result.points} points, "
         f"mean reprojection error {result.mean_reprojection_error:.2f} px ({result.matcher} matching, "
-        f"{result.mapper} mapping)",
+        f"{result.mapper} mapping{_attempt_note(result)})",
         fg="green",
         err=True,
     )
@@ -241,6 +262,13 @@ def _run_job(
     )
     click.echo(f"  training-ready scene: {accepted.job.scene}", err=True)
     return EXIT_OK, accepted.job
+
+
+def _attempt_note(result: SfmResult) -> str:
+    """Which rung of the fallback ladder placed the photos, when it was not the first."""
+    if len(result.attempts) <= 1:
+        return ""
+    return f"; attempt {len(result.attempts)} of the fallback ladder: {result.attempt}"
 
 
 def _train_job(job: JobDir, output: Path, training: TrainOptions, bars: ProgressBars) -> int:

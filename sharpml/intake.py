@@ -6,7 +6,8 @@ Validation"): JPEG, PNG or HEIC only, the type read from the bytes and agreeing 
 per-file and per-set size limits; 5-100 photos; dimensions checked from the header before any pixel
 is decoded; a full decode to prove integrity. Accepted photos are stored under server-chosen names
 with the EXIF orientation applied to the pixels and every piece of metadata dropped; the focal
-length, which structure-from-motion can use, is kept in the job's ``intake.json`` instead.
+length and GPS position, which structure-from-motion can use, are kept in the job's ``intake.json``
+instead (never in the stored photos).
 
 A set is written into a staging directory and renamed into place only when every file is stored,
 so a rejected or interrupted set leaves nothing behind.
@@ -52,6 +53,14 @@ _HEAD_BYTES = 8192
 _EXIF_IFD = 0x8769
 _FOCAL_LENGTH = 0x920A
 _FOCAL_LENGTH_35MM = 0xA405
+_PIXEL_X_DIMENSION = 0xA002
+_FOCAL_PLANE_X_RESOLUTION = 0xA20E
+_FOCAL_PLANE_RESOLUTION_UNIT = 0xA210
+#: Millimetres per FocalPlaneResolutionUnit (EXIF: 2 inch, the default; 3 cm; 4 mm; 5 micrometre).
+_FOCAL_PLANE_UNIT_MM = {1: 25.4, 2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
+#: Plausible sensor widths (mm): a phone's smallest to medium format; outside, the tags are wrong.
+_SENSOR_WIDTH_MM = (1.0, 60.0)
+_GPS_IFD = 0x8825
 _SRGB = ImageCms.createProfile("sRGB")
 
 
@@ -96,8 +105,14 @@ class StoredImage:
     bytes: int
     focal_length_mm: float | None = None
     focal_length_35mm: float | None = None
-    #: Focal length in pixels derived from the 35 mm equivalent: a prior for SfM.
+    #: Focal length in pixels: a prior for SfM, from ``focal_source``.
     focal_px: float | None = None
+    #: Where ``focal_px`` came from: "35mm" (the 35 mm equivalent) or "focal-plane" (focal length
+    #: in mm and the sensor's pixels per mm from EXIF focal-plane resolution); None without a prior.
+    focal_source: str | None = None
+    #: GPS position [latitude, longitude, altitude or None] from EXIF: a prior for checking SfM's
+    #: cameras. Kept here only; the stored photo carries no metadata.
+    gps: list[float | None] | None = None
 
 
 @dataclass
@@ -257,9 +272,14 @@ def _check_set(inspected: Sequence[_Inspected], limits: IntakeLimits) -> list[Pr
 
 
 def _focal_prior(
-    exif: Image.Exif, width: int, height: int
-) -> tuple[float | None, float | None, float | None]:
-    """(focal mm, 35 mm equivalent, focal in pixels) from EXIF, ignoring implausible values."""
+    exif: Image.Exif, width: int, height: int, raw_width: int | None = None
+) -> tuple[float | None, float | None, float | None, str | None]:
+    """(focal mm, 35 mm equivalent, focal in pixels, its source) from EXIF, ignoring implausible
+    values. ``raw_width`` is the decoded width before the EXIF rotation (the sensor's x axis).
+
+    The 35 mm equivalent is preferred; without it (most cameras before ~2010, some HEIC), the focal
+    length in mm times the focal plane's pixels per mm gives the focal length in pixels, scaled from
+    the size the camera recorded (PixelXDimension) to the stored one."""
     sub = exif.get_ifd(_EXIF_IFD)
 
     def number(tag: int) -> float | None:
@@ -267,23 +287,64 @@ def _focal_prior(
             value = float(sub.get(tag))
         except (TypeError, ValueError, ZeroDivisionError):
             return None
-        return value if value > 0 else None
+        return value if value > 0 and math.isfinite(value) else None
 
     mm = number(_FOCAL_LENGTH)
     f35 = number(_FOCAL_LENGTH_35MM)
     if f35 is not None and not 8 <= f35 <= 600:
         f35 = None
-    # Equivalent focal lengths scale with the diagonal, so 4:3 phone photos are not off by 4 %.
-    f_px = f35 / FULL_FRAME_DIAGONAL_MM * math.hypot(width, height) if f35 else None
-    return mm, f35, f_px
+    if f35:
+        # Equivalent focal lengths scale with the diagonal, so 4:3 phone photos are not off by 4 %.
+        return mm, f35, f35 / FULL_FRAME_DIAGONAL_MM * math.hypot(width, height), "35mm"
+    raw_width = raw_width or width
+    xres = number(_FOCAL_PLANE_X_RESOLUTION)
+    unit_mm = _FOCAL_PLANE_UNIT_MM.get(int(number(_FOCAL_PLANE_RESOLUTION_UNIT) or 2))
+    recorded_width = number(_PIXEL_X_DIMENSION) or raw_width
+    if mm is None or xres is None or unit_mm is None:
+        return mm, None, None, None
+    px_per_mm = xres / unit_mm
+    sensor_width = recorded_width / px_per_mm
+    if not _SENSOR_WIDTH_MM[0] <= sensor_width <= _SENSOR_WIDTH_MM[1] or not 1 <= mm <= 1000:
+        return mm, None, None, None
+    f_px = mm * px_per_mm * raw_width / recorded_width
+    return mm, None, f_px, "focal-plane"
 
 
-def _decode_normalised(insp: _Inspected) -> tuple[Image.Image, Image.Exif]:
-    """Decode every pixel (proving integrity), apply EXIF orientation, convert to 8-bit sRGB RGB."""
+def _gps_prior(exif: Image.Exif) -> list[float | None] | None:
+    """[latitude, longitude, altitude or None] in degrees and metres from EXIF GPS, or None."""
+    gps = exif.get_ifd(_GPS_IFD)
+
+    def degrees(value: object, ref: object, negative: str) -> float | None:
+        try:
+            d, m, sec = (float(x) for x in value)  # type: ignore[union-attr]
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        deg = d + m / 60 + sec / 3600
+        return -deg if str(ref).strip().upper() == negative else deg
+
+    lat = degrees(gps.get(2), gps.get(1), "S")
+    lon = degrees(gps.get(4), gps.get(3), "W")
+    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat, lon) == (0, 0):
+        return None
+    try:
+        alt: float | None = float(gps.get(6))
+        if gps.get(5) in (1, b"\x01"):
+            alt = -alt
+        if not math.isfinite(alt):
+            alt = None
+    except (TypeError, ValueError, ZeroDivisionError):
+        alt = None
+    return [round(lat, 8), round(lon, 8), None if alt is None else round(alt, 2)]
+
+
+def _decode_normalised(insp: _Inspected) -> tuple[Image.Image, Image.Exif, int]:
+    """Decode every pixel (proving integrity), apply EXIF orientation, convert to 8-bit sRGB RGB.
+    Also returns the EXIF and the width as decoded, before the rotation (the sensor's x axis)."""
     with _open_upload(insp.upload) as fh:
         img = _KINDS[insp.kind][0](fh)
         img.load()
         exif = img.getexif()
+        raw_width = img.width
         icc = img.info.get("icc_profile")
         upright = ImageOps.exif_transpose(img, in_place=True) or img
     if icc:
@@ -297,7 +358,7 @@ def _decode_normalised(insp: _Inspected) -> tuple[Image.Image, Image.Exif]:
             upright = upright.point(lambda v: v / 256).convert("L")
         upright = upright.convert("RGB")
     upright.info = {}  # nothing of the original's metadata may travel to the stored file
-    return upright, exif
+    return upright, exif, raw_width
 
 
 def _store_one(
@@ -305,14 +366,14 @@ def _store_one(
 ) -> tuple[StoredImage | None, Problem | None]:
     name = display_name(insp.upload.name)
     try:
-        img, exif = _decode_normalised(insp)
+        img, exif, raw_width = _decode_normalised(insp)
     except Exception as exc:  # any decoder failure means a damaged file
         return None, Problem(
             name, "corrupt", f"could not be decoded ({_reason(exc)}); it is truncated or corrupt"
         )
     stored_format = _KINDS[insp.kind][2]
     stored_name = f"{index:04d}{_STORED_EXT[stored_format]}"
-    mm, f35, f_px = _focal_prior(exif, *img.size)
+    mm, f35, f_px, focal_source = _focal_prior(exif, *img.size, raw_width)
     size = 0
     if images_fd is not None:
         fd = create_file(images_fd, stored_name)
@@ -333,6 +394,8 @@ def _store_one(
         focal_length_mm=mm,
         focal_length_35mm=f35,
         focal_px=f_px,
+        focal_source=focal_source,
+        gps=_gps_prior(exif),
     )
     return stored, None
 

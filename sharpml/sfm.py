@@ -19,21 +19,51 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pycolmap
 
+from sharpml.config import job_timeout_seconds
 from sharpml.contract import EXIT_ERROR, EXIT_OK, EXIT_QUALITY_GATE, PROCESSING_DEFAULTS, SfmResult
 from sharpml.contract.spec import MAPPERS, MATCHERS
 from sharpml.intake import StoredImage, load_manifest
 from sharpml.layout import JobDir
 from sharpml.progress import ProgressFile, ProgressHook, no_progress
+from sharpml.sfm_features import (
+    DEFAULT_FEATURES,
+    FIRST_OCTAVES,
+    UPSAMPLE_AT_MOST_PX,
+    FeaturePlan,
+    plan_features,
+)
+from sharpml.sfm_ladder import (
+    GPS_AGREE_FRACTION,
+    MIN_COMMON,
+    Rung,
+    agrees,
+    compare,
+    compare_gps,
+    gps_local,
+    incremental_options,
+    keypoints_per_photo,
+    matched_photos,
+    name_list,
+    rungs,
+)
 from sharpml.splat import preview_from_points, write_splat
 
 #: Above this many photos "auto" matching switches from exhaustive to sequential (capture order).
 SEQUENTIAL_ABOVE = 30
+#: Retries match every pair up to this many photos (sequential with a wider overlap above).
+EXHAUSTIVE_RETRY_AT_MOST = 60
+#: Retries start only if they should end within this share of the time budget (undistortion,
+#: the preview and the pod's start need the rest).
+RETRY_SHARE_OF_BUDGET = 0.8
+#: Fewer keypoints a photo than this (after the richer retry) reads as "the photos lack texture".
+LOW_TEXTURE_KEYPOINTS = 1000
 
 
 @dataclass(frozen=True)
@@ -45,26 +75,35 @@ class SfmOptions:
     #: Longest image side used for feature extraction; 1600 px gave the same pose accuracy as
     #: COLMAP's 3200 on 12 MP photos at a third of the memory (the SharpJob's default too).
     max_image_size: int = PROCESSING_DEFAULTS["maxImageSize"]
-    max_num_features: int = 8192
-    #: SIFT's first octave; -1 (COLMAP's default) upsamples every image 2x first.
-    first_octave: int = 0
+    max_num_features: int = DEFAULT_FEATURES
+    #: SIFT's first octave: "auto" chooses by the photos' size (sharpml.sfm_features), "-1"
+    #: (COLMAP's default) upsamples every image 2x first, "0" does not.
+    first_octave: str = "auto"
     sequential_overlap: int = 10
     num_threads: int = -1
     min_registered_fraction: float = 0.7
     min_points: int = 300
     max_reprojection_error: float = 2.0
     write_scene: bool = True
+    #: Retry with the fallback ladder (sharpml.sfm_ladder) when the first attempt fails the gate.
+    retry: bool = True
+    #: Seconds the whole stage may take (the job's deadline): retries that would not fit are skipped.
+    time_budget_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.matcher not in MATCHERS:
             raise ValueError(f"matcher: {self.matcher!r} is not one of {', '.join(MATCHERS)}")
         if self.mapper not in MAPPERS:
             raise ValueError(f"mapper: {self.mapper!r} is not one of {', '.join(MAPPERS)}")
+        if self.first_octave not in FIRST_OCTAVES:
+            raise ValueError(f"first_octave: {self.first_octave!r} is not one of {', '.join(FIRST_OCTAVES)}")
 
     @classmethod
     def colmap_defaults(cls, **overrides: object) -> SfmOptions:
-        """The plain baseline: exhaustive matching and incremental mapping at COLMAP's defaults."""
-        base = dict(matcher="exhaustive", mapper="incremental", max_image_size=3200, first_octave=-1)
+        """The plain baseline: exhaustive matching and incremental mapping at COLMAP's defaults, once."""
+        base = dict(
+            matcher="exhaustive", mapper="incremental", max_image_size=3200, first_octave="-1", retry=False
+        )
         return cls(**{**base, **overrides})  # type: ignore[arg-type]
 
     def resolved_matcher(self, n_images: int) -> str:
@@ -92,13 +131,19 @@ def _camera_groups(images: Sequence[StoredImage]) -> dict[tuple[int, int, float 
 
 
 def _extract(
-    job: JobDir, db_path: Path, images: Sequence[StoredImage], opts: SfmOptions, progress: ProgressHook
+    job: JobDir,
+    db_path: Path,
+    images: Sequence[StoredImage],
+    opts: SfmOptions,
+    plan: FeaturePlan,
+    progress: ProgressHook,
 ) -> int:
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = opts.max_image_size
     extraction.num_threads = opts.num_threads
-    extraction.sift.max_num_features = opts.max_num_features
-    extraction.sift.first_octave = opts.first_octave
+    extraction.sift.max_num_features = plan.max_num_features
+    extraction.sift.first_octave = plan.first_octave
+    extraction.sift.peak_threshold = plan.peak_threshold
     groups = _camera_groups(images)
     done = 0
     batch = max(1, len(images) // 10)  # several calls, so progress moves during extraction
@@ -147,18 +192,19 @@ def _match(db_path: Path, matcher: str, opts: SfmOptions, progress: ProgressHook
 
 
 def _map(
-    db_path: Path, job: JobDir, sparse: Path, mapper: str, n: int, opts: SfmOptions, progress: ProgressHook
+    db_path: Path, job: JobDir, sparse: Path, rung: Rung, n: int, opts: SfmOptions, progress: ProgressHook
 ) -> dict[int, pycolmap.Reconstruction]:
-    progress("map", 0.0, f"{mapper} mapping")
-    if mapper == "global":
+    progress("map", 0.0, f"{rung.mapper} mapping")
+    sparse.mkdir(parents=True, exist_ok=True)
+    if rung.mapper == "global":
         global_opts = pycolmap.GlobalPipelineOptions()
-        global_opts.num_threads = opts.num_threads
-        global_opts.random_seed = 1  # reproducible runs (COLMAP seeds randomly by default)
+        # One thread: with several, COLMAP's global mapper is not reproducible even with a fixed
+        # seed, and once converged to a self-consistent but wrong solution (README, SfM choices).
+        global_opts.num_threads = 1 if rung.name != "planned" else opts.num_threads
+        global_opts.random_seed = rung.seed
         recs = pycolmap.global_mapping(db_path, job.images, sparse, options=global_opts)
     else:
-        inc = pycolmap.IncrementalPipelineOptions()
-        inc.num_threads = opts.num_threads
-        inc.random_seed = 1
+        inc = incremental_options(rung.relaxed_init, opts.num_threads, rung.seed)
         registered = 0
 
         def next_image() -> None:
@@ -175,27 +221,89 @@ def _map(
 
 
 def _gate(rec: pycolmap.Reconstruction | None, total: int, opts: SfmOptions) -> str | None:
-    """The quality gate: a user-facing reason to reject the reconstruction, or None."""
+    """The quality gate: a short reason the model is not good enough (for the attempt's record),
+    or None. :func:`_explain` words the final verdict for the user."""
     if rec is None or rec.num_reg_images() == 0:
-        return (
-            f"none of the {total} photos could be placed together; take overlapping photos "
-            "of a textured subject, moving around it"
-        )
+        return f"0 of {total} photos placed"
     reg = rec.num_reg_images()
     if reg / total < opts.min_registered_fraction or reg < 2:
-        return f"only {reg} of {total} photos could be placed; take more overlapping photos"
+        return f"{reg} of {total} photos placed (at least {opts.min_registered_fraction:.0%} needed)"
     if rec.num_points3D() < opts.min_points:
+        return f"{rec.num_points3D()} 3D points (at least {opts.min_points} needed)"
+    err = rec.compute_mean_reprojection_error()
+    if err > opts.max_reprojection_error:
+        return f"mean reprojection error {err:.2f} px (limit {opts.max_reprojection_error:.2f})"
+    return None
+
+
+def _explain(
+    rec: pycolmap.Reconstruction | None,
+    total: int,
+    opts: SfmOptions,
+    db_path: Path,
+    source_of: dict[str, str],
+    tried: int,
+) -> tuple[str, str]:
+    """The user-facing reason and whose fix it is: ``"photos"`` when the photos themselves do not
+    overlap or lack texture (a photo that matches no other is something no retry can place), else
+    ``"reconstruction"`` — the photos match, SharpML failed — and then no advice to re-shoot."""
+    matched = matched_photos(db_path)
+    ours = (
+        f"after {tried} automatic attempt{'s' if tried != 1 else ''}; this is a limitation of SharpML, "
+        "not of your photos"
+    )
+    reg = rec.num_reg_images() if rec is not None else 0
+    if reg == 0:
+        isolated = [name for name, k in matched.items() if k == 0]
+        if len(isolated) * 2 >= total or not any(matched.values()):
+            return (
+                f"none of the {total} photos could be placed together: they share too few features "
+                "with each other; take overlapping photos of a textured subject, moving around it",
+                "photos",
+            )
         return (
-            f"only {rec.num_points3D()} 3D points were found (at least {opts.min_points} are needed); "
-            "photograph a subject with more texture, in good light"
+            f"reconstruction failed on these photos: none of the {total} could be placed {ours}",
+            "reconstruction",
+        )
+    placed = {img.name for img in rec.images.values() if img.has_pose}
+    unplaced = [name for name in sorted(source_of) if name not in placed]
+    shown = name_list([source_of[name] for name in unplaced])
+    if reg / total < opts.min_registered_fraction or reg < 2:
+        if all(matched.get(name, 0) == 0 for name in unplaced):
+            return (
+                f"only {reg} of {total} photos could be placed: {shown} share no features with the "
+                "others; take more overlapping photos of the same subject",
+                "photos",
+            )
+        return (
+            f"reconstruction failed on these photos: only {reg} of {total} could be placed although "
+            f"they match each other ({shown} not placed) {ours}",
+            "reconstruction",
+        )
+    if rec.num_points3D() < opts.min_points:
+        if keypoints_per_photo(db_path) < LOW_TEXTURE_KEYPOINTS:
+            return (
+                f"only {rec.num_points3D()} 3D points were found (at least {opts.min_points} are "
+                "needed): the photos show too little texture; photograph a subject with more texture, "
+                "in good light",
+                "photos",
+            )
+        return (
+            f"reconstruction failed on these photos: only {rec.num_points3D()} 3D points were found "
+            f"(at least {opts.min_points} are needed) {ours}",
+            "reconstruction",
         )
     err = rec.compute_mean_reprojection_error()
     if err > opts.max_reprojection_error:
         return (
             f"the reconstruction is inconsistent (mean reprojection error {err:.2f} px, limit "
-            f"{opts.max_reprojection_error:.2f}); avoid moving subjects and blurry photos"
+            f"{opts.max_reprojection_error:.2f}); avoid moving subjects and blurry photos",
+            "photos",
         )
-    return None
+    return (
+        f"reconstruction failed on these photos: the attempts disagreed on the cameras {ours}",
+        "reconstruction",
+    )
 
 
 def _undistort(job: JobDir, sparse_model: Path, opts: SfmOptions) -> None:
@@ -227,29 +335,116 @@ def points_of(rec: pycolmap.Reconstruction) -> tuple[np.ndarray, np.ndarray]:
     return xyz, rgb
 
 
+@dataclass
+class _Attempt:
+    """One rung as it ran: its model (the largest it produced) and its record for result.json."""
+
+    index: int
+    rung: Rung
+    db: Path
+    sparse: Path
+    model_id: int | None = None
+    model: pycolmap.Reconstruction | None = None
+    passed: bool = False
+    trusted: bool = False
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def registered(self) -> int:
+        return self.model.num_reg_images() if self.model is not None else 0
+
+    @property
+    def score(self) -> tuple[int, int, int, int]:
+        contradicted = self.record.get("outcome", "").startswith("rejected: disagrees")
+        points = self.model.num_points3D() if self.model is not None else 0
+        return (int(self.passed and not contradicted), int(not contradicted), self.registered, points)
+
+
+def _check(
+    attempt: _Attempt,
+    earlier: Sequence[_Attempt],
+    track: dict[str, np.ndarray],
+    job: JobDir,
+    n: int,
+    opts: SfmOptions,
+    progress: ProgressHook,
+) -> tuple[bool, bool, dict[str, Any]]:
+    """(agrees with something, contradicted by something, the figures): the GPS track when it can
+    judge, else the other attempts' models; a global model nothing can judge is mapped again with
+    another seed and must agree with itself."""
+    assert attempt.model is not None
+    checks: dict[str, Any] = {}
+    gps = compare_gps(attempt.model, track)
+    if gps is not None:
+        checks["gps"] = gps
+        ok = gps["fraction"] <= GPS_AGREE_FRACTION
+        return ok, not ok, checks
+    diffs = {}
+    for other in earlier:
+        if other.model is not None and other.registered >= MIN_COMMON:
+            diff = compare(attempt.model, other.model)
+            if diff is not None:
+                diffs[other.rung.name] = diff
+    if not diffs and attempt.rung.mapper == "global" and attempt.index > 0:
+        again = Rung(
+            f"{attempt.rung.name}-check", attempt.rung.features, "global", seed=attempt.rung.seed + 1
+        )
+        recs = _map(
+            attempt.db,
+            job,
+            attempt.sparse.with_name(attempt.sparse.name + "-check"),
+            again,
+            n,
+            opts,
+            progress,
+        )
+        if recs:
+            diff = compare(attempt.model, max(recs.values(), key=lambda r: r.num_reg_images()))
+            if diff is not None:
+                diffs[again.name] = diff
+    if diffs:
+        checks["attempts"] = diffs
+    agree = any(agrees(d) for d in diffs.values())
+    contradicted = any(not agrees(d) for d in diffs.values())
+    return agree, contradicted and not agree, checks
+
+
+def _prepare(out: Path) -> None:
+    out.mkdir(exist_ok=True)
+    for stale in out.glob("database*.db*"):
+        stale.unlink()
+    for stale in ("result.json", "preview.splat"):
+        (out / stale).unlink(missing_ok=True)
+    for stale_dir in ("sparse", "scene", "attempts"):
+        if (out / stale_dir).exists():
+            shutil.rmtree(out / stale_dir)
+
+
 def reconstruct(
     job: JobDir, options: SfmOptions | None = None, progress: ProgressHook = no_progress
 ) -> SfmResult:
-    """Run SfM for a stored job. Always writes ``result.json``; raises :class:`SfmError` only if
-    COLMAP itself fails. Re-running starts from scratch, so a retried pod is safe."""
+    """Run SfM for a stored job, climbing the fallback ladder while the gate fails and time allows.
+    Always writes ``result.json``; raises :class:`SfmError` only if COLMAP itself fails on the first
+    attempt. Re-running starts from scratch, so a retried pod is safe."""
     opts = options or SfmOptions()
     images = load_manifest(job)
     n = len(images)
     out = job.colmap
-    out.mkdir(exist_ok=True)
-    for stale in ("database.db", "database.db-wal", "database.db-shm", "result.json", "preview.splat"):
-        (out / stale).unlink(missing_ok=True)
-    for stale_dir in ("sparse", "scene"):
-        if (out / stale_dir).exists():
-            shutil.rmtree(out / stale_dir)
-    db_path = out / "database.db"
+    _prepare(out)
     sparse = out / "sparse"
-    sparse.mkdir()
     matcher, mapper = opts.resolved_matcher(n), opts.resolved_mapper()
+    plan = plan_features([(img.width, img.height) for img in images], opts.max_image_size, opts.first_octave)
+    if opts.max_num_features != plan.max_num_features:
+        plan = replace(plan, max_num_features=opts.max_num_features)
+    ladder = rungs(plan, mapper) if opts.retry else [Rung("planned", plan, mapper)]
     result = SfmResult(
         ok=False, reason=None, total=n, matcher=matcher, mapper=mapper, colmap_version=pycolmap.__version__
     )
+    result.features = plan.to_json()
+    progress("extract", 0.0, f"features: {plan.why}")
     timings = result.timings
+    source_of = {img.name: img.source_name for img in images}
+    track = gps_local({img.name: img.gps for img in images if img.gps})
     t_all = time.monotonic()
 
     def timed(stage: str, fn, *args):  # type: ignore[no-untyped-def]
@@ -257,45 +452,147 @@ def reconstruct(
         try:
             return fn(*args)
         finally:
-            timings[stage] = round(time.monotonic() - t0, 3)
+            timings[stage] = round(timings.get(stage, 0.0) + time.monotonic() - t0, 3)
 
-    try:
-        result.cameras = timed("extract", _extract, job, db_path, images, opts, progress)
-        timed("match", _match, db_path, matcher, opts, progress)
-        recs = timed("map", _map, db_path, job, sparse, mapper, n, opts, progress)
-    except Exception as exc:
-        result.reason = f"structure from motion failed: {exc}"
-        result.write(job.sfm_result)
-        raise SfmError(result.reason) from exc
+    dbs: dict[tuple[int, int, float], Path] = {}
+    attempts: list[_Attempt] = []
+    chosen: _Attempt | None = None
+    for k, rung in enumerate(ladder):
+        elapsed = time.monotonic() - t_all
+        record: dict[str, Any] = {"name": rung.name, "purpose": rung.purpose, "mapper": rung.mapper}
+        record["features"] = rung.features.to_json()
+        record["relaxed_init"] = rung.relaxed_init
+        new_db = rung.features.key not in dbs
+        if k > 0:
+            first = attempts[0].record.get("seconds", 0.0)
+            # Upsampled extraction took 3-4x as long as native on the real set; mapping repeats.
+            estimate = first * (4.0 if new_db else 1.0) if new_db else timings.get("map", 0.0) * 2
+            if elapsed + estimate > RETRY_SHARE_OF_BUDGET * opts.time_budget_s:
+                record["outcome"] = (
+                    f"skipped: about {estimate:.0f} s would pass the {opts.time_budget_s:.0f} s budget"
+                )
+                result.attempts.append(record)
+                progress("retry", k / len(ladder), f"attempt {k + 1} ({rung.name}) {record['outcome']}")
+                continue
+            before = attempts[-1].record.get("gate") or "it disagreed with another attempt"
+            progress(
+                "retry",
+                k / len(ladder),
+                f"attempt {k + 1}/{len(ladder)}: {rung.name} ({rung.purpose}), because {before}",
+            )
+        hook = progress if k == 0 else _retry_progress(progress, k, len(ladder), rung.name)
+        t0 = time.monotonic()
+        db_path = dbs.get(rung.features.key) or (out / ("database.db" if k == 0 else f"database-{k}.db"))
+        attempt = _Attempt(k, rung, db_path, out / "attempts" / str(k))
+        try:
+            if new_db:
+                cams = timed("extract", _extract, job, db_path, images, opts, rung.features, hook)
+                result.cameras = result.cameras or cams
+                timed("match", _match, db_path, matcher if k == 0 else _retry_matcher(n), opts, hook)
+                dbs[rung.features.key] = db_path
+                record["matcher"] = matcher if k == 0 else _retry_matcher(n)
+            recs = timed("map", _map, db_path, job, attempt.sparse, rung, n, opts, hook)
+        except Exception as exc:
+            if k == 0:
+                result.reason = f"structure from motion failed: {exc}"
+                result.write(job.sfm_result)
+                raise SfmError(result.reason) from exc
+            record["outcome"] = f"error: {exc}"
+            record["seconds"] = round(time.monotonic() - t0, 3)
+            result.attempts.append(record)
+            continue
+        if recs:
+            attempt.model_id, attempt.model = max(recs.items(), key=lambda kv: kv[1].num_reg_images())
+        gate = _gate(attempt.model, n, opts)
+        attempt.passed = gate is None
+        record["models"] = len(recs)
+        record["registered"] = attempt.registered
+        record["points"] = attempt.model.num_points3D() if attempt.model is not None else 0
+        if attempt.model is not None and attempt.registered:
+            record["mean_reprojection_error"] = round(attempt.model.compute_mean_reprojection_error(), 4)
+        record["gate"] = gate
+        if attempt.passed and attempt.model is not None:
+            agree, contradicted, checks = _check(attempt, attempts, track, job, n, opts, hook)
+            record["checks"] = checks
+            # The planned attempt is trusted unless a check contradicts it (today's behaviour);
+            # a fallback's model must agree with something when anything can judge it.
+            judged = bool(checks)
+            attempt.trusted = not contradicted and (agree or k == 0 or not judged)
+            if contradicted:
+                record["outcome"] = (
+                    f"rejected: disagrees with {', '.join(checks.get('attempts', {}) or ['the GPS track'])}"
+                )
+            else:
+                record["outcome"] = "accepted" + (" (checked)" if agree else "")
+        else:
+            record["outcome"] = f"rejected: {gate}"
+        record["seconds"] = round(time.monotonic() - t0, 3)
+        attempts.append(attempt)
+        attempt.record = record
+        result.attempts.append(record)
+        if attempt.passed and attempt.trusted:
+            chosen = attempt
+            break
 
-    result.models = len(recs)
-    best_id, best = max(recs.items(), key=lambda kv: kv[1].num_reg_images(), default=(None, None))
-    if best is not None:
-        result.registered = best.num_reg_images()
-        result.points = best.num_points3D()
-        result.mean_reprojection_error = round(best.compute_mean_reprojection_error(), 4)
-        result.mean_track_length = round(best.compute_mean_track_length(), 3)
-        placed = {img.name for img in best.images.values() if img.has_pose}
-        by_name = {img.name: img.source_name for img in images}
-        result.unregistered = [by_name[name] for name in sorted(by_name) if name not in placed]
-    result.reason = _gate(best, n, opts)
-    result.ok = result.reason is None
-    if result.ok and best is not None:
-        model_dir = sparse / str(best_id)
+    best = chosen or max(attempts, key=lambda a: a.score)
+    result.attempt = best.rung.name
+    result.models = best.record.get("models", 0)
+    for a in attempts:  # the chosen model becomes colmap/sparse and colmap/database.db
+        if a is not best and a.db != best.db:
+            a.db.unlink(missing_ok=True)
+    if best.sparse.exists():
+        best.sparse.rename(sparse)
+    else:
+        sparse.mkdir()
+    if best.db != out / "database.db":
+        best.db.rename(out / "database.db")
+    shutil.rmtree(out / "attempts", ignore_errors=True)
+    model = best.model
+    if model is not None:
+        result.registered = model.num_reg_images()
+        result.points = model.num_points3D()
+        result.mean_reprojection_error = round(model.compute_mean_reprojection_error(), 4)
+        result.mean_track_length = round(model.compute_mean_track_length(), 3)
+        placed = {img.name for img in model.images.values() if img.has_pose}
+        result.unregistered = [source_of[name] for name in sorted(source_of) if name not in placed]
+    result.ok = chosen is not None
+    if not result.ok:
+        tried = sum(1 for r in result.attempts if not r["outcome"].startswith("skipped"))
+        result.reason, result.failure = _explain(model, n, opts, out / "database.db", source_of, tried)
+    if result.ok and model is not None:
+        model_dir = sparse / str(best.model_id)
         if opts.write_scene:
             progress("undistort", 0.0, "undistorting photos for training")
             timed("undistort", _undistort, job, model_dir, opts)
             result.scene = "scene"
             progress("undistort", 1.0, "scene ready")
         t0 = time.monotonic()
-        xyz, rgb = points_of(best)
+        xyz, rgb = points_of(model)
         write_splat(job.preview_splat, preview_from_points(xyz, rgb))
         timings["preview"] = round(time.monotonic() - t0, 3)
         result.preview_splat = job.preview_splat.name
     timings["total"] = round(time.monotonic() - t_all, 3)
     result.write(job.sfm_result)
-    progress("done", 1.0, "reconstruction ready" if result.ok else result.reason or "")
+    done = "reconstruction ready" if result.ok else result.reason or ""
+    if result.ok and best.index > 0:
+        done += f" (attempt {best.index + 1}: {best.rung.name})"
+    progress("done", 1.0, done)
     return result
+
+
+def _retry_matcher(n: int) -> str:
+    """A retry matches every pair up to :data:`EXHAUSTIVE_RETRY_AT_MOST` photos: the capture order
+    may not be the overlap order (loop detection would need a vocabulary tree, not available offline)."""
+    return "exhaustive" if n <= EXHAUSTIVE_RETRY_AT_MOST else "sequential"
+
+
+def _retry_progress(progress: ProgressHook, k: int, total: int, name: str) -> ProgressHook:
+    """A retry's steps reported as one "retry" stage, so the operator's bar does not run backwards."""
+
+    def hook(stage: str, fraction: float, message: str = "") -> None:
+        progress("retry", min((k + fraction) / total, 0.99), f"attempt {k + 1} ({name}), {stage}: {message}")
+
+    return hook
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -305,6 +602,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--matcher", choices=MATCHERS, default="auto")
     parser.add_argument("--mapper", choices=MAPPERS, default="auto")
     parser.add_argument("--max-image-size", type=int, default=SfmOptions.max_image_size)
+    parser.add_argument(
+        "--first-octave",
+        choices=FIRST_OCTAVES,
+        default="auto",
+        help="SIFT's first octave (auto: -1, 2x upsampling, for photos of at most "
+        f"{UPSAMPLE_AT_MOST_PX} px; 0 above)",
+    )
+    parser.add_argument("--no-retry", action="store_true", help="one attempt only: no fallback ladder")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds the stage may take, retries included (default: SHARPML_JOB_TIMEOUT_MS)",
+    )
     parser.add_argument("--threads", type=int, default=-1, help="worker threads (-1: all cores)")
     parser.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
     args = parser.parse_args(argv)
@@ -312,7 +623,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         pycolmap.logging.minloglevel = 2  # errors only
     job = JobDir(args.job_dir)
     opts = SfmOptions(
-        matcher=args.matcher, mapper=args.mapper, max_image_size=args.max_image_size, num_threads=args.threads
+        matcher=args.matcher,
+        mapper=args.mapper,
+        max_image_size=args.max_image_size,
+        num_threads=args.threads,
+        first_octave=args.first_octave,
+        retry=not args.no_retry,
+        time_budget_s=args.time_budget if args.time_budget is not None else job_timeout_seconds(),
     )
 
     def log(stage: str, fraction: float, message: str = "") -> None:

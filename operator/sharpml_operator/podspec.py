@@ -75,6 +75,9 @@ def sfm_args(spec: JobSpec, settings: Settings) -> list[str]:
         str(spec.max_image_size),
         "--threads",
         str(settings.sfm_threads),
+        # The fallback ladder's retries must fit in the pod's deadline.
+        "--time-budget",
+        str(settings.job_timeout_seconds),
     ]
 
 

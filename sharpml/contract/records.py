@@ -24,8 +24,8 @@ EXIT_QUALITY_GATE = 4  # reconstruction rejected by the quality gate
 EXIT_COLMAP_FAILED = 5
 EXIT_TRAINING_FAILED = 6  # the scene cannot be trained on, or training diverged (``python -m sharpml.train``)
 
-RESULT_VERSION = 1
-TRAIN_RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: features, attempts, attempt, failure
+TRAIN_RESULT_VERSION = 2  # 2: features, attempts, attempt, failure
 #: Upper bounds for reading what a pod wrote.
 MAX_RESULT_BYTES = 1024 * 1024
 MAX_PROGRESS_BYTES = 64 * 1024
@@ -87,6 +87,15 @@ class SfmResult:
     preview_splat: str | None = None
     version: int = RESULT_VERSION
     colmap_version: str = ""
+    #: The first attempt's SIFT settings and why (``sharpml.sfm_features.FeaturePlan``).
+    features: dict[str, Any] = field(default_factory=dict)
+    #: Every attempt of the fallback ladder in order: name, options, counts, error, seconds, outcome.
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    #: The attempt whose model this is.
+    attempt: str = ""
+    #: Whose fix a rejection is: "photos" (they do not overlap / lack texture) or "reconstruction"
+    #: (the photos match; SharpML failed). None when ok.
+    failure: str | None = None
 
     @property
     def registered_fraction(self) -> float:
@@ -105,6 +114,10 @@ class SfmResult:
             or not all(_count(n) for n in (result.total, result.registered, result.points))
             or not (result.reason is None or isinstance(result.reason, str))
             or not (error is None or (isinstance(error, int | float) and not isinstance(error, bool)))
+            or not isinstance(result.features, dict)
+            or not (isinstance(result.attempts, list) and all(isinstance(a, dict) for a in result.attempts))
+            or not isinstance(result.attempt, str)
+            or result.failure not in (None, "photos", "reconstruction")
         ):
             raise RecordError(f"{path}: fields of the wrong type")
         return result

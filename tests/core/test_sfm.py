@@ -130,8 +130,17 @@ def test_quality_gate_names_the_photos_it_could_not_place(scene_photos: Dataset,
     assert proc.returncode == EXIT_QUALITY_GATE, proc.stderr
     result = SfmResult.read(job.sfm_result)
     assert not result.ok
-    assert result.reason == "only 7 of 11 photos could be placed; take more overlapping photos"
+    # The noise photos match nothing, so this is the user's fix, and the message names them.
+    names = ", ".join(p.name for p in noise)
+    assert result.reason == (
+        f"only 7 of 11 photos could be placed: {names} share no features with the others; "
+        "take more overlapping photos of the same subject"
+    )
+    assert result.failure == "photos"
     assert sorted(result.unregistered) == [p.name for p in noise]
+    # The ladder was climbed before the verdict, and every attempt is on record.
+    assert [a["name"] for a in result.attempts] == ["planned", "more-features", "relaxed-init", "global"]
+    assert all(a["outcome"].startswith("rejected: ") for a in result.attempts)
     assert not job.preview_splat.exists() and not job.scene.exists()
     assert read_progress(job.sfm_progress)["stage"] == "done"
 
@@ -142,4 +151,5 @@ def test_nothing_placeable_is_a_clear_failure(tmp_path: Path) -> None:
     result = reconstruct(job, SfmOptions(num_threads=2))
     assert not result.ok
     assert result.reason.startswith("none of the 5 photos could be placed together")
+    assert result.failure == "photos"
     assert result.registered == 0

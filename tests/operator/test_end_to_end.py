@@ -83,6 +83,8 @@ def test_sharpjob_is_reconstructed_then_complete(
         "1600",  # the measured default of the core (sharpml.contract.PROCESSING_DEFAULTS), via the CRD
         "--threads",
         "2",
+        "--time-budget",  # the fallback ladder's retries fit in the pod's deadline (SHARPML_JOB_TIMEOUT_MS)
+        "1800",
     ]
     scratch = node_agent.state_dir / "pods" / pod["metadata"]["uid"] / "volumes" / "tmp"
     mounts = [a for a in launched if a.startswith("--mount=")]

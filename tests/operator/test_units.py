@@ -113,6 +113,7 @@ def test_pod_spec_is_restricted_pinned_and_mounts_only_the_job():
         == pod["metadata"]["ownerReferences"][0]
     )
     assert ps["restartPolicy"] == "Never" and ps["activeDeadlineSeconds"] == 60
+    assert c["args"][-2:] == ["--time-budget", "60"]  # SfM's retries fit in the pod's deadline
     assert ps["automountServiceAccountToken"] is False and ps["enableServiceLinks"] is False
     assert ps["nodeSelector"] == {"sharpml.com/role": "sfm"}
     assert ps["tolerations"] == [

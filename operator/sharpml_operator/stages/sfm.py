@@ -33,7 +33,14 @@ from sharpml_operator.snapshot import Snapshot
 from sharpml_operator.stages.base import Stage
 
 #: Where each step of ``python -m sharpml.sfm`` sits inside this stage, from its progress reports.
-STEP_SPAN = {"extract": (0.0, 0.3), "match": (0.3, 0.5), "map": (0.5, 0.85), "undistort": (0.85, 0.97)}
+#: ("retry": the fallback ladder's later attempts, reported as one step.)
+STEP_SPAN = {
+    "extract": (0.0, 0.3),
+    "match": (0.3, 0.5),
+    "map": (0.5, 0.85),
+    "retry": (0.5, 0.85),
+    "undistort": (0.85, 0.97),
+}
 
 
 class SfmStage(Stage):
