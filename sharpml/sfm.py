@@ -59,6 +59,10 @@ from sharpml.splat import preview_from_points, write_splat
 SEQUENTIAL_ABOVE = 30
 #: Retries match every pair up to this many photos (sequential with a wider overlap above).
 EXHAUSTIVE_RETRY_AT_MOST = 60
+#: Plausible focal lengths as a multiple of the photo's longest side: a 170-degree fisheye to a
+#: 5-degree telephoto (beyond, the model is degenerate, not a lens).
+MIN_FOCAL_RATIO = 0.15
+MAX_FOCAL_RATIO = 6.0
 #: Retries start only if they should end within this share of the time budget (undistortion,
 #: the preview and the pod's start need the rest).
 RETRY_SHARE_OF_BUDGET = 0.8
@@ -233,6 +237,12 @@ def _gate(rec: pycolmap.Reconstruction | None, total: int, opts: SfmOptions) -> 
     err = rec.compute_mean_reprojection_error()
     if err > opts.max_reprojection_error:
         return f"mean reprojection error {err:.2f} px (limit {opts.max_reprojection_error:.2f})"
+    for cam in rec.cameras.values():
+        ratio = cam.mean_focal_length() / max(cam.width, cam.height)
+        if not MIN_FOCAL_RATIO <= ratio <= MAX_FOCAL_RATIO:
+            # A degenerate solve: 8 000-12 000 px on 1 000 px photos was seen on EXIF-less photos.
+            f = cam.mean_focal_length()
+            return f"focal length {f:.0f} px on {cam.width}x{cam.height} photos is implausible"
     return None
 
 
@@ -300,10 +310,8 @@ def _explain(
             f"{opts.max_reprojection_error:.2f}); avoid moving subjects and blurry photos",
             "photos",
         )
-    return (
-        f"reconstruction failed on these photos: the attempts disagreed on the cameras {ours}",
-        "reconstruction",
-    )
+    what = _gate(rec, total, opts) or "the attempts disagreed on the cameras"
+    return f"reconstruction failed on these photos: {what} {ours}", "reconstruction"
 
 
 def _undistort(job: JobDir, sparse_model: Path, opts: SfmOptions) -> None:

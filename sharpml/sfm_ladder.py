@@ -52,18 +52,15 @@ class Rung:
 def rungs(plan: FeaturePlan, first_mapper: str) -> list[Rung]:
     """The ladder: the planned attempt, then what worked on each failing class, cheapest first."""
     ladder = [Rung("planned", plan, first_mapper, purpose="the size-based choice")]
+    # Mapping-only rungs reuse the database; the one with new features extracts and matches again.
+    ladder.append(
+        Rung(
+            "relaxed-init", plan, "incremental", relaxed_init=True, purpose="forward motion, narrow baselines"
+        )
+    )
     richer = more_features(plan) or plan
     if richer is not plan:
         ladder.append(Rung("more-features", richer, "incremental", purpose="small or weakly textured photos"))
-    ladder.append(
-        Rung(
-            "relaxed-init",
-            richer,
-            "incremental",
-            relaxed_init=True,
-            purpose="forward motion, narrow baselines",
-        )
-    )
     if first_mapper != "global":
         ladder.append(
             Rung("global", richer, "global", purpose="sequences the incremental mapper cannot start")
@@ -110,10 +107,17 @@ def _umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.nd
 
 
 def compare(rec: pycolmap.Reconstruction, ref: pycolmap.Reconstruction) -> dict[str, float] | None:
-    """How far ``rec``'s cameras are from ``ref``'s after alignment: the largest centre error as a
-    fraction of ``ref``'s extent and the largest rotation error in degrees; None when they share
-    fewer than :data:`MIN_COMMON` cameras."""
-    a, b = _poses(rec), _poses(ref)
+    """How far ``rec``'s cameras are from ``ref``'s: see :func:`compare_poses`."""
+    return compare_poses(_poses(rec), _poses(ref))
+
+
+Poses = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
+
+def compare_poses(a: Poses, b: Poses) -> dict[str, float] | None:
+    """How far cameras ``a`` are from ``b`` (by name: world-to-camera rotation, centre) after a
+    similarity alignment: the largest centre error as a fraction of ``b``'s extent and the largest
+    rotation error in degrees; None when they share fewer than :data:`MIN_COMMON` cameras."""
     common = sorted(set(a) & set(b))
     if len(common) < MIN_COMMON:
         return None
@@ -154,9 +158,14 @@ def gps_local(gps: Mapping[str, Sequence[float | None]]) -> dict[str, np.ndarray
 
 
 def compare_gps(rec: pycolmap.Reconstruction, track: Mapping[str, np.ndarray]) -> dict[str, float] | None:
+    """How far ``rec``'s cameras are from the GPS track: see :func:`compare_gps_poses`."""
+    return compare_gps_poses(_poses(rec), track)
+
+
+def compare_gps_poses(poses: Poses, track: Mapping[str, np.ndarray]) -> dict[str, float] | None:
     """Median distance of the aligned camera centres from their GPS positions, as a fraction of the
-    track's extent (and in metres); None when the track cannot check the model."""
-    poses = _poses(rec)
+    track's extent (and in metres); None when the track cannot check the model (too few photos
+    with GPS, or all within GPS noise of each other)."""
     common = sorted(set(poses) & set(track))
     if len(common) < GPS_MIN_PHOTOS:
         return None

@@ -26,6 +26,8 @@ from sharpml.config import FULL_FRAME_DIAGONAL_MM
 PHONE_FOCAL_35MM = 26.0
 #: Real focal length written into EXIF next to the 35 mm equivalent, as a phone does.
 PHONE_FOCAL_MM = 4.25
+#: Sensor width of the "mm" EXIF style's camera (a 1/2.5" compact of the 2000s).
+CLASSIC_SENSOR_WIDTH_MM = 5.76
 _TEXELS_PER_UNIT = 110
 _SKY_TOP = np.array([150.0, 185.0, 230.0])
 _SKY_BOTTOM = np.array([215.0, 228.0, 240.0])
@@ -147,6 +149,43 @@ def default_scene(seed: int = 7) -> Scene:
     return Scene(boxes=boxes, seed=seed)
 
 
+def street_scene(seed: int = 11, length: float = 60.0) -> Scene:
+    """A street: a long ground slab between two rows of facades of varied depth and height, and a
+    few low boxes (parked cars) along the kerbs, for forward-moving sequences."""
+    rng = np.random.default_rng(seed)
+    boxes = [Box((-8.0, -6.0, -0.2), (8.0, length + 20.0, 0.0))]
+    for side in (-1.0, 1.0):
+        y = -6.0
+        while y < length + 20.0:
+            depth = float(rng.uniform(4.0, 9.0))
+            front = float(rng.uniform(4.0, 5.0))
+            height = float(rng.uniform(3.0, 8.0))
+            x0, x1 = sorted((side * front, side * (front + 2.5)))
+            boxes.append(Box((x0, y, 0.0), (x1, y + depth, height)))
+            y += depth + float(rng.uniform(0.0, 0.6))
+        for _ in range(4):
+            cy = float(rng.uniform(0.0, length))
+            cx = side * float(rng.uniform(2.4, 3.0))
+            boxes.append(Box((cx - 0.8, cy, 0.0), (cx + 0.8, cy + 3.8, float(rng.uniform(1.2, 1.6)))))
+    return Scene(boxes=boxes, seed=seed)
+
+
+def street_cameras(
+    n: int, width: int = 640, height: int = 480, *, step: float = 1.5, focal_35mm: float = PHONE_FOCAL_35MM
+) -> list[Camera]:
+    """``n`` cameras walking forward down :func:`street_scene`'s road at eye height, looking ahead
+    with a little sway, as a street walk is shot."""
+    focal_px = focal_35mm / FULL_FRAME_DIAGONAL_MM * math.hypot(width, height)
+    cams = []
+    for i in range(n):
+        sway = 0.4 * math.sin(i * 0.7)
+        c = np.array([sway, i * step, 1.6 + 0.05 * math.sin(i * 1.3)])
+        target = c + np.array([0.25 * math.sin(i * 0.45), 10.0, -0.3])
+        R = look_at(c, target)
+        cams.append(Camera(width, height, focal_px, R, -R @ c))
+    return cams
+
+
 def look_at(center: np.ndarray, target: np.ndarray, up: Sequence[float] = (0, 0, 1)) -> np.ndarray:
     """World-to-camera rotation for a camera at ``center`` looking at ``target`` (COLMAP axes)."""
     z = target - center
@@ -209,6 +248,16 @@ def render(
     dx, dy, dz = (np.ascontiguousarray(d[:, k]) for k in range(3))
     ix, iy, iz = (np.ascontiguousarray(inv[:, k]) for k in range(3))
     for bi, box in enumerate(scene.boxes):
+        corners = np.array(
+            [
+                [x, y, z]
+                for x in (box.lo[0], box.hi[0])
+                for y in (box.lo[1], box.hi[1])
+                for z in (box.lo[2], box.hi[2])
+            ]
+        )
+        if ((corners @ camera.R.T + camera.t)[:, 2] <= 0).all():
+            continue  # wholly behind the camera (a street's passed facades): no ray can hit it
         # Slab test, one axis at a time (reductions over a length-3 axis are slow in numpy).
         near, far = [], []
         for k, ik in enumerate((ix, iy, iz)):
@@ -281,25 +330,59 @@ class Dataset:
     scene_size: float
 
 
-def phone_exif(camera: Camera, index: int) -> Image.Exif:
-    """EXIF like a phone writes: make/model, focal lengths, capture time and GPS position.
+def phone_exif(
+    camera: Camera, index: int, *, style: str = "phone", gps: tuple[float, float, float] | None = None
+) -> Image.Exif:
+    """EXIF like a camera writes: make/model, focal lengths, capture time and GPS position.
 
-    The GPS block is there so the demo and the tests show intake stripping it.
+    ``style`` "phone": the focal length in mm and its 35 mm equivalent, as phones write them;
+    "mm": the focal length in mm and the focal-plane resolution (pixels per inch of the sensor) but
+    no 35 mm equivalent, as most cameras before ~2010 did. ``gps`` is (lat, lon, alt); by default
+    one fixed position, so the demo and the tests show intake stripping it.
     """
     exif = Image.Exif()
     exif[0x010F] = "SharpML"  # Make
-    exif[0x0110] = "SynthCam 1"  # Model
+    exif[0x0110] = "SynthCam 1" if style == "phone" else "SynthCam Classic"  # Model
     exif[0x0112] = 1  # Orientation
     sub = exif.get_ifd(0x8769)
-    sub[0x920A] = PHONE_FOCAL_MM  # FocalLength
-    sub[0xA405] = round(camera.focal_35mm)  # FocalLengthIn35mmFilm
     sub[0x9003] = f"2026:11:25 10:{index // 60:02d}:{index % 60:02d}"  # DateTimeOriginal
-    gps = exif.get_ifd(0x8825)
-    gps[1] = "N"
-    gps[2] = (52.0, 22.0, 12.5)
-    gps[3] = "E"
-    gps[4] = (4.0, 53.0, 41.2)
+    if style == "phone":
+        sub[0x920A] = PHONE_FOCAL_MM  # FocalLength
+        sub[0xA405] = round(camera.focal_35mm)  # FocalLengthIn35mmFilm
+    elif style == "mm":
+        # A 5.76 mm wide sensor recording camera.width pixels: FocalPlaneXResolution in pixels per inch.
+        sensor_mm = CLASSIC_SENSOR_WIDTH_MM
+        sub[0x920A] = camera.focal_px * sensor_mm / camera.width  # FocalLength (mm)
+        sub[0xA002] = camera.width  # PixelXDimension
+        sub[0xA003] = camera.height  # PixelYDimension
+        sub[0xA20E] = camera.width / sensor_mm * 25.4  # FocalPlaneXResolution
+        sub[0xA20F] = camera.width / sensor_mm * 25.4  # FocalPlaneYResolution
+        sub[0xA210] = 2  # FocalPlaneResolutionUnit: inch
+    else:
+        raise ValueError(f"style: {style!r} is not phone or mm")
+    lat, lon, alt = gps or (52.0 + 22 / 60 + 12.5 / 3600, 4.0 + 53 / 60 + 41.2 / 3600, None)
+    g = exif.get_ifd(0x8825)
+    g[1] = "N" if lat >= 0 else "S"
+    g[2] = _dms(abs(lat))
+    g[3] = "E" if lon >= 0 else "W"
+    g[4] = _dms(abs(lon))
+    if alt is not None:
+        g[5] = 0 if alt >= 0 else 1
+        g[6] = abs(alt)
     return exif
+
+
+def _dms(deg: float) -> tuple[float, float, float]:
+    d = math.floor(deg)
+    m = math.floor((deg - d) * 60)
+    return (float(d), float(m), round((deg - d - m / 60) * 3600, 4))
+
+
+def gps_of(center: np.ndarray, origin: tuple[float, float] = (48.8566, 2.3522)) -> tuple[float, float, float]:
+    """A camera centre (scene units read as metres; x east, y north, z up) as (lat, lon, alt)."""
+    lat = origin[0] + math.degrees(center[1] / 6_371_000.0)
+    lon = origin[1] + math.degrees(center[0] / (6_371_000.0 * math.cos(math.radians(origin[0]))))
+    return (lat, lon, float(center[2]))
 
 
 def write_dataset(
@@ -312,22 +395,32 @@ def write_dataset(
     formats: Sequence[str] = ("jpg",),
     supersample: int = 2,
     progress: Callable[[int], object] | None = None,
+    exif: str = "phone",
+    scene: Scene | None = None,
+    cameras: Sequence[Camera] | None = None,
+    gps: bool = False,
 ) -> Dataset:
     """Render ``n`` photos into ``out_dir/photos`` and write ``out_dir/ground_truth.json``.
 
     ``formats`` cycles over the photos (e.g. ``("jpg", "png", "heic")``) so a set can mix what
-    phones produce. JPEG and HEIC photos carry phone-like EXIF, GPS included.
+    phones produce. JPEG and HEIC photos carry EXIF in ``exif``'s style ("phone", "mm" or "none":
+    see :func:`phone_exif`); with ``gps`` each photo's GPS is its true camera centre. ``scene`` and
+    ``cameras`` (default: :func:`default_scene` and an orbit) allow other kinds of set; cameras may
+    differ in size and focal length.
     """
     out_dir = Path(out_dir)
     photos = out_dir / "photos"
     photos.mkdir(parents=True, exist_ok=True)
-    scene = default_scene(seed)
-    cameras = orbit_cameras(n, width, height)
+    scene = scene or default_scene(seed)
+    cameras = list(cameras) if cameras is not None else orbit_cameras(n, width, height)
     names = []
-    for i, (cam, fmt) in enumerate(zip(cameras, _cycle(formats, n), strict=True)):
+    for i, (cam, fmt) in enumerate(zip(cameras, _cycle(formats, len(cameras)), strict=True)):
         img = Image.fromarray(render(scene, cam, supersample=supersample, noise_seed=seed * 1000 + i))
         name = f"IMG_{1001 + i:04d}.{fmt}"
-        save_photo(img, photos / name, exif=phone_exif(cam, i))
+        tags = None
+        if exif != "none":
+            tags = phone_exif(cam, i, style=exif, gps=gps_of(cam.center) if gps else None)
+        save_photo(img, photos / name, exif=tags)
         names.append(name)
         if progress is not None:
             progress(1)

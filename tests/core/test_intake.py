@@ -18,6 +18,7 @@ from sharpml.intake import IntakeRejected, Upload, ingest, validate
 from sharpml.layout import DataDir, UnsafePathError
 
 from .photos import (
+    GPS_LAT,
     LEAKS,
     full_exif,
     heic_bytes,
@@ -350,3 +351,54 @@ def test_stored_files_are_not_world_readable(good: list[Path], store: DataDir) -
     result = ingest(ups(good), store)
     mode = os.stat(result.job.images / "0001.jpg").st_mode & 0o777
     assert mode & 0o007 == 0
+
+
+def _classic_exif(orientation: int, recorded_width: int) -> Image.Exif:
+    """A pre-2010 camera's EXIF: focal length in mm and focal-plane resolution, no 35 mm equivalent."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    sub = exif.get_ifd(0x8769)
+    sub[0x920A] = 5.4  # FocalLength, mm
+    sub[0xA002] = recorded_width  # PixelXDimension: the size the camera recorded
+    sub[0xA20E] = recorded_width / 5.0 * 25.4  # FocalPlaneXResolution (pixels per inch): a 5 mm sensor
+    sub[0xA210] = 2  # FocalPlaneResolutionUnit: inch
+    return exif
+
+
+@pytest.mark.parametrize(
+    ("orientation", "recorded_width"),
+    [(1, 120), (6, 120), (1, 240)],  # as recorded; rotated 90 degrees; recorded at 2x, stored downscaled
+)
+def test_focal_prior_from_focal_plane_resolution(
+    tmp_path: Path, good: list[Path], store: DataDir, orientation: int, recorded_width: int
+) -> None:
+    img = upright_pattern(120, 80)
+    exif = _classic_exif(orientation, recorded_width)
+    photo = write(tmp_path / "in" / "IMG_0000.jpg", jpeg_bytes(img, exif=exif))
+    stored = ingest(ups([photo, *good[1:]]), store).images[0]
+    # 5.4 mm on a 5 mm wide sensor whose x axis has 120 px here (stored size, before the rotation).
+    assert stored.focal_source == "focal-plane" and stored.focal_length_35mm is None
+    assert stored.focal_px == pytest.approx(5.4 / 5.0 * 120)
+    assert (stored.width, stored.height) == ((80, 120) if orientation == 6 else (120, 80))
+
+
+def test_implausible_focal_plane_gives_no_prior(tmp_path: Path, good: list[Path], store: DataDir) -> None:
+    exif = _classic_exif(1, 120)
+    exif.get_ifd(0x8769)[0xA20E] = 3.0  # a 1 m wide "sensor": the tags are wrong
+    photo = write(tmp_path / "in" / "IMG_0000.jpg", jpeg_bytes(upright_pattern(), exif=exif))
+    stored = ingest(ups([photo, *good[1:]]), store).images[0]
+    assert stored.focal_px is None and stored.focal_source is None and stored.focal_length_mm == 5.4
+
+
+def test_gps_is_kept_in_intake_json_only(tmp_path: Path, good: list[Path], store: DataDir) -> None:
+    exif = full_exif()
+    gps = exif.get_ifd(0x8825)
+    gps[5], gps[6] = 0, 12.5  # altitude above sea level
+    photo = write(tmp_path / "in" / "IMG_0000.jpg", jpeg_bytes(upright_pattern(), exif=exif))
+    result = ingest(ups([photo, *good[1:]]), store)
+    lat = GPS_LAT[0] + GPS_LAT[1] / 60 + GPS_LAT[2] / 3600
+    recorded = json.loads(result.job.intake_manifest.read_text())["images"]
+    assert recorded[0]["gps"] == [pytest.approx(lat), pytest.approx(4 + 53 / 60 + 41.2 / 3600), 12.5]
+    assert recorded[1]["gps"] is None  # no EXIF, no position
+    with Image.open(result.job.images / result.images[0].name) as out:
+        assert len(out.getexif()) == 0
