@@ -253,15 +253,24 @@ def _explain(
     db_path: Path,
     source_of: dict[str, str],
     tried: int,
+    skipped: int = 0,
 ) -> tuple[str, str]:
     """The user-facing reason and whose fix it is: ``"photos"`` when the photos themselves do not
     overlap or lack texture (a photo that matches no other is something no retry can place), else
-    ``"reconstruction"`` — the photos match, SharpML failed — and then no advice to re-shoot."""
+    ``"reconstruction"`` — the photos match, SharpML failed — and then no advice to re-shoot. When
+    retries were skipped for time, nobody knows whether they would have worked: never the photos'."""
     matched = matched_photos(db_path)
     ours = (
         f"after {tried} automatic attempt{'s' if tried != 1 else ''}; this is a limitation of SharpML, "
         "not of your photos"
     )
+    if skipped:
+        return (
+            f"reconstruction failed on these photos: {_gate(rec, total, opts)} after {tried} automatic "
+            f"attempt{'s' if tried != 1 else ''}; {skipped} more did not fit in the time budget "
+            f"({opts.time_budget_s:.0f} s), so this is not a verdict on your photos",
+            "reconstruction",
+        )
     reg = rec.num_reg_images() if rec is not None else 0
     if reg == 0:
         isolated = [name for name, k in matched.items() if k == 0]
@@ -544,6 +553,14 @@ def reconstruct(
 
     best = chosen or max(attempts, key=lambda a: a.score)
     result.attempt = best.rung.name
+    if chosen is None:
+        # Judged on the richest features extracted: whether photos match is a fact about them only
+        # when SharpML looked hard enough.
+        tried = sum(1 for r in result.attempts if not r["outcome"].startswith("skipped"))
+        skipped = len(result.attempts) - tried
+        result.reason, result.failure = _explain(
+            best.model, n, opts, list(dbs.values())[-1], source_of, tried, skipped
+        )
     result.models = best.record.get("models", 0)
     for a in attempts:  # the chosen model becomes colmap/sparse and colmap/database.db
         if a is not best and a.db != best.db:
@@ -564,9 +581,6 @@ def reconstruct(
         placed = {img.name for img in model.images.values() if img.has_pose}
         result.unregistered = [source_of[name] for name in sorted(source_of) if name not in placed]
     result.ok = chosen is not None
-    if not result.ok:
-        tried = sum(1 for r in result.attempts if not r["outcome"].startswith("skipped"))
-        result.reason, result.failure = _explain(model, n, opts, out / "database.db", source_of, tried)
     if result.ok and model is not None:
         model_dir = sparse / str(best.model_id)
         if opts.write_scene:

@@ -60,6 +60,10 @@ def test_result_summary_is_written_for_the_operator(reconstructed) -> None:
     assert on_disk["points"] > 300 and 0 < on_disk["mean_reprojection_error"] < 1.0
     assert on_disk["matcher"] == "exhaustive" and on_disk["mapper"] == "incremental"
     assert set(on_disk["timings"]) >= {"extract", "match", "map", "undistort", "preview", "total"}
+    # 640x480 photos: features from COLMAP's 2x upsampling, placed at the first attempt.
+    assert on_disk["features"]["first_octave"] == -1 and on_disk["features"]["extraction_side"] == 640
+    assert [(a["name"], a["outcome"]) for a in on_disk["attempts"]] == [("planned", "accepted")]
+    assert on_disk["attempt"] == "planned" and on_disk["failure"] is None
     assert SfmResult.read(job.sfm_result) == result
 
 
