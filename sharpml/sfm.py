@@ -386,23 +386,24 @@ def _check(
     opts: SfmOptions,
     progress: ProgressHook,
 ) -> tuple[bool, bool, dict[str, Any]]:
-    """(agrees with something, contradicted by something, the figures): the GPS track when it can
-    judge, else the other attempts' models; a global model nothing can judge is mapped again with
-    another seed and must agree with itself."""
+    """(agrees with something, contradicted by everything that can judge, the figures). Judges:
+    the GPS track and the earlier attempts' models; a global model nothing can judge is mapped
+    again with another seed and must agree with itself. One agreeing judge is enough: GPS can be
+    poor, and a partial model from a failed attempt can be the wrong one."""
     assert attempt.model is not None
     checks: dict[str, Any] = {}
+    verdicts = []
     gps = compare_gps(attempt.model, track)
     if gps is not None:
         checks["gps"] = gps
-        ok = gps["fraction"] <= GPS_AGREE_FRACTION
-        return ok, not ok, checks
+        verdicts.append(gps["fraction"] <= GPS_AGREE_FRACTION)
     diffs = {}
     for other in earlier:
         if other.model is not None and other.registered >= MIN_COMMON:
             diff = compare(attempt.model, other.model)
             if diff is not None:
                 diffs[other.rung.name] = diff
-    if not diffs and attempt.rung.mapper == "global" and attempt.index > 0:
+    if not diffs and not verdicts and attempt.rung.mapper == "global" and attempt.index > 0:
         again = Rung(
             f"{attempt.rung.name}-check", attempt.rung.features, "global", seed=attempt.rung.seed + 1
         )
@@ -421,9 +422,8 @@ def _check(
                 diffs[again.name] = diff
     if diffs:
         checks["attempts"] = diffs
-    agree = any(agrees(d) for d in diffs.values())
-    contradicted = any(not agrees(d) for d in diffs.values())
-    return agree, contradicted and not agree, checks
+    verdicts += [agrees(d) for d in diffs.values()]
+    return any(verdicts), bool(verdicts) and not any(verdicts), checks
 
 
 def _prepare(out: Path) -> None:
@@ -481,9 +481,10 @@ def reconstruct(
         record["relaxed_init"] = rung.relaxed_init
         new_db = rung.features.key not in dbs
         if k > 0:
+            # New features: the first attempt again, 4x (upsampled extraction took 3-4x as long as
+            # native on the real set); the same features: mapping again, twice (a global check).
             first = attempts[0].record.get("seconds", 0.0)
-            # Upsampled extraction took 3-4x as long as native on the real set; mapping repeats.
-            estimate = first * (4.0 if new_db else 1.0) if new_db else timings.get("map", 0.0) * 2
+            estimate = 4.0 * first if new_db else 2.0 * timings.get("map", 0.0)
             if elapsed + estimate > RETRY_SHARE_OF_BUDGET * opts.time_budget_s:
                 record["outcome"] = (
                     f"skipped: about {estimate:.0f} s would pass the {opts.time_budget_s:.0f} s budget"
@@ -531,14 +532,14 @@ def reconstruct(
         if attempt.passed and attempt.model is not None:
             agree, contradicted, checks = _check(attempt, attempts, track, job, n, opts, hook)
             record["checks"] = checks
-            # The planned attempt is trusted unless a check contradicts it (today's behaviour);
-            # a fallback's model must agree with something when anything can judge it.
-            judged = bool(checks)
-            attempt.trusted = not contradicted and (agree or k == 0 or not judged)
-            if contradicted:
-                record["outcome"] = (
-                    f"rejected: disagrees with {', '.join(checks.get('attempts', {}) or ['the GPS track'])}"
-                )
+            # The planned attempt is trusted as before (the checks are recorded); a fallback's
+            # model must not be contradicted by everything that can judge it.
+            attempt.trusted = k == 0 or not contradicted
+            judges = [*checks.get("attempts", {}), *(["the GPS track"] if "gps" in checks else [])]
+            if not attempt.trusted:
+                record["outcome"] = f"rejected: disagrees with {', '.join(judges)}"
+            elif contradicted:
+                record["outcome"] = f"accepted (unconfirmed: disagrees with {', '.join(judges)})"
             else:
                 record["outcome"] = "accepted" + (" (checked)" if agree else "")
         else:

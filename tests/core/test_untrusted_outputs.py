@@ -62,7 +62,17 @@ def test_result_with_wrong_types_is_refused(tmp_path: Path) -> None:
     good = SfmResult(ok=True, reason=None, total=8, registered=8, points=900, mean_reprojection_error=0.4)
     good.write(tmp_path / "result.json")
     assert SfmResult.read(tmp_path / "result.json") == good
-    for bad in ({"registered": "8"}, {"ok": "yes"}, {"points": -1}, {"mean_reprojection_error": "low"}):
+    for bad in (
+        {"registered": "8"},
+        {"ok": "yes"},
+        {"points": -1},
+        {"mean_reprojection_error": "low"},
+        {"attempts": {"planned": "accepted"}},
+        {"attempts": ["accepted"]},
+        {"features": [-1]},
+        {"failure": "the user"},
+        {"attempt": 2},
+    ):
         data = {**json.loads((tmp_path / "result.json").read_text()), **bad}
         (tmp_path / "bad.json").write_text(json.dumps(data))
         with pytest.raises(ValueError, match="wrong type"):
