@@ -3,7 +3,8 @@
 One row per class and configuration, side by side in the same run: placed photos, points, pose
 error against the known cameras (rendered sets) and wall time. The baseline is pycolmap at COLMAP's
 default options (exhaustive matching, incremental mapping, 3200 px, first octave -1, one attempt);
-"sharpml" is the default pipeline (features by size, the fallback ladder). Classes:
+"sharpml" is the default pipeline (features by size, the fallback ladder); "sharpml-before"
+(optional) is what SharpML did before (first octave 0, one attempt). Classes:
 
 - ``small-640``: 12 photos of 640x480 (an old camera), phone EXIF;
 - ``web-1000``: 9 photos of ~1 000 px from three cameras of different focal lengths, no EXIF;
@@ -47,6 +48,8 @@ from sharpml.synthetic import (
 CONFIGS = {
     "baseline": SfmOptions.colmap_defaults(write_scene=False),
     "sharpml": SfmOptions(write_scene=False),
+    # What SharpML did before issue 14: first octave 0 whatever the size, one attempt.
+    "sharpml-before": SfmOptions(first_octave="0", retry=False, write_scene=False),
 }
 REAL_SET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sfm-bundler-et"
 CLASSES = ("small-640", "web-1000", "mm-focal", "street")
@@ -104,7 +107,7 @@ def main() -> None:
     parser.add_argument("--classes", nargs="*", default=list(CLASSES), choices=CLASSES)
     parser.add_argument("--sizes", type=int, nargs="*", default=[], help="orbit rows of N 1024x768 photos")
     parser.add_argument("--real", type=Path, default=REAL_SET, help="a folder of real photos (no truth)")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=sorted(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["baseline", "sharpml"], choices=sorted(CONFIGS))
     args = parser.parse_args()
     pycolmap.logging.minloglevel = 2
     rows = []

@@ -16,6 +16,7 @@ import pycolmap
 
 from sharpml.intake import load_manifest
 from sharpml.layout import JobDir
+from sharpml.sfm_ladder import umeyama
 from sharpml.synthetic import load_ground_truth
 
 
@@ -34,21 +35,6 @@ class PoseAccuracy:
             f"{self.matched}/{self.total} cameras, centre error mean {self.mean_error:.2%} / "
             f"max {self.max_error:.2%} of scene size, rotation error {self.mean_rotation_error_deg:.2f} deg"
         )
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Similarity (s, R, t) minimising ``|| dst - (s R src + t) ||`` over corresponding rows."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
-    u, d, vt = np.linalg.svd(cov)
-    sign = np.eye(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[2, 2] = -1
-    rot = u @ sign @ vt
-    var_s = (xs**2).sum() / len(src)
-    scale = float(np.trace(np.diag(d) @ sign) / var_s)
-    return scale, rot, mu_d - scale * rot @ mu_s
 
 
 def evaluate_job(job: JobDir, ground_truth: Path) -> PoseAccuracy:

@@ -100,10 +100,20 @@ def _poses(rec: pycolmap.Reconstruction) -> dict[str, tuple[np.ndarray, np.ndarr
     return out
 
 
-def _umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    from sharpml.evaluation import umeyama
-
-    return umeyama(src, dst)
+def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Umeyama's least-squares similarity (s, R, t) minimising ``|| dst - (s R src + t) ||`` over
+    corresponding rows (also :mod:`sharpml.evaluation`'s alignment to the truth)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    cov = xd.T @ xs / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[2, 2] = -1
+    rot = u @ sign @ vt
+    var_s = (xs**2).sum() / len(src)
+    scale = float(np.trace(np.diag(d) @ sign) / var_s)
+    return scale, rot, mu_d - scale * rot @ mu_s
 
 
 def compare(rec: pycolmap.Reconstruction, ref: pycolmap.Reconstruction) -> dict[str, float] | None:
@@ -126,7 +136,7 @@ def compare_poses(a: Poses, b: Poses) -> dict[str, float] | None:
     extent = float(np.linalg.norm(dst.max(0) - dst.min(0)))
     if extent <= 0:
         return None
-    s, R, t = _umeyama(src, dst)
+    s, R, t = umeyama(src, dst)
     centre = float(np.max(np.linalg.norm((s * (R @ src.T)).T + t - dst, axis=1))) / extent
     rot = 0.0
     for n in common:
@@ -174,7 +184,7 @@ def compare_gps_poses(poses: Poses, track: Mapping[str, np.ndarray]) -> dict[str
     if extent < GPS_MIN_EXTENT_M:
         return None
     src = np.array([poses[n][1] for n in common])
-    s, R, t = _umeyama(src, dst)
+    s, R, t = umeyama(src, dst)
     err = np.linalg.norm((s * (R @ src.T)).T + t - dst, axis=1)
     med = float(np.median(err))
     return {"common": len(common), "median_m": round(med, 2), "fraction": round(med / extent, 4)}
