@@ -487,8 +487,14 @@ def reconstruct(
             estimate = 4.0 * first if new_db else 2.0 * timings.get("map", 0.0)
             if elapsed + estimate > RETRY_SHARE_OF_BUDGET * opts.time_budget_s:
                 record["outcome"] = (
-                    f"skipped: about {estimate:.0f} s would pass the {opts.time_budget_s:.0f} s budget"
+                    f"skipped (time): about {estimate:.0f} s would pass the {opts.time_budget_s:.0f} s budget"
                 )
+            elif not new_db and _only_isolated_unplaced(attempts, dbs[rung.features.key], source_of):
+                record["outcome"] = (
+                    "skipped (no use): the photos not placed match no other photo in these features, "
+                    "so mapping them again cannot place them"
+                )
+            if "outcome" in record:
                 result.attempts.append(record)
                 progress("retry", k / len(ladder), f"attempt {k + 1} ({rung.name}) {record['outcome']}")
                 continue
@@ -558,7 +564,7 @@ def reconstruct(
         # Judged on the richest features extracted: whether photos match is a fact about them only
         # when SharpML looked hard enough.
         tried = sum(1 for r in result.attempts if not r["outcome"].startswith("skipped"))
-        skipped = len(result.attempts) - tried
+        skipped = sum(1 for r in result.attempts if r["outcome"].startswith("skipped (time)"))
         result.reason, result.failure = _explain(
             best.model, n, opts, list(dbs.values())[-1], source_of, tried, skipped
         )
@@ -601,6 +607,18 @@ def reconstruct(
         done += f" (attempt {best.index + 1}: {best.rung.name})"
     progress("done", 1.0, done)
     return result
+
+
+def _only_isolated_unplaced(attempts: Sequence[_Attempt], db_path: Path, source_of: dict[str, str]) -> bool:
+    """Whether every photo the best attempt so far left unplaced matches no other photo in
+    ``db_path``: then a mapping-only retry on those features is no use (new features may be)."""
+    best = max(attempts, key=lambda a: a.score)
+    placed = {i.name for i in best.model.images.values() if i.has_pose} if best.model is not None else set()
+    unplaced = [name for name in source_of if name not in placed]
+    if not unplaced:
+        return False
+    matched = matched_photos(db_path)
+    return all(matched.get(name, 0) == 0 for name in unplaced)
 
 
 def _retry_matcher(n: int) -> str:

@@ -142,4 +142,4 @@ def test_ladder_record_and_a_truthful_verdict_when_time_runs_out(
     assert "take" not in result.reason  # no advice to take other photos
     assert [a["name"] for a in result.attempts] == ["planned", "relaxed-init", "more-features", "global"]
     assert result.attempts[0]["outcome"].startswith("rejected: ")
-    assert all(a["outcome"].startswith("skipped: ") for a in result.attempts[1:])
+    assert all(a["outcome"].startswith("skipped (time): ") for a in result.attempts[1:])
