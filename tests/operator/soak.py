@@ -200,6 +200,8 @@ class Soak:
     _stop: threading.Event = field(default_factory=threading.Event)
     #: POSTs under way (what an aimed kill waits for).
     _in_flight: int = 0
+    #: Seconds after the uploads stopped at which each part of the end state was reached.
+    settled: dict[str, float] = field(default_factory=dict)
 
     # -- uploaders -------------------------------------------------------------------------------
     def _post(self, client: httpx.Client, attempt: Attempt) -> None:
@@ -342,17 +344,23 @@ class Soak:
         }
 
     def _drain(self, deadline: float) -> tuple[bool, dict[str, Any]]:
+        """Wait until everything has settled; records when each part did (seconds after the uploads)."""
+        start = time.monotonic()
         while True:
             state = self.state()
-            settled = (
-                all(Phase.of(j.get("status")).terminal for j in state["jobs"])
-                and not state["uploads"]
-                and not state["incoming"]
-                and not state["orphan_dirs"]
-                and all(p["status"].get("phase") in ("Succeeded", "Failed") for p in state["pods"])
-            )
-            if settled or time.monotonic() > deadline:
-                return settled, state
+            parts = {
+                "jobs_terminal": all(Phase.of(j.get("status")).terminal for j in state["jobs"]),
+                "uploads_swept": not state["uploads"] and not state["incoming"],
+                "orphans_swept": not state["orphan_dirs"],
+                "pods_done": all(p["status"].get("phase") in ("Succeeded", "Failed") for p in state["pods"]),
+            }
+            for part, done in parts.items():
+                if done:
+                    self.settled.setdefault(part, round(time.monotonic() - start, 1))
+                else:
+                    self.settled.pop(part, None)
+            if all(parts.values()) or time.monotonic() > deadline:
+                return all(parts.values()), state
             time.sleep(2)
 
     def _result(self, t0: float, upload_end: float, drained: bool, state: dict[str, Any]) -> dict[str, Any]:
@@ -393,6 +401,7 @@ class Soak:
             "phases": dict(phases),
             "drained": drained,
             "drain_seconds": round(time.monotonic() - upload_end, 1),
+            "settled_after_s": self.settled,
             "total_seconds": round(time.monotonic() - t0, 1),
             "server_errors": self.server_errors,
             "violations": violations(self.attempts, state, self.server_errors, drained),

@@ -2,7 +2,7 @@
 SIGKILLed and restarted; every accepted upload must end as exactly one finished SharpJob, with nothing
 left behind.
 
-In the suite the run is short and its kills are fixed by a seed: 2 uploaders for 75 s, one API kill and
+In the suite the run is short and its kills are fixed by a seed: 2 uploaders for 60 s, one API kill and
 one operator kill at seeded moments. ``make soak`` runs the same test with ``SHARPML_SOAK_UPLOADERS``
 uploaders for ``SHARPML_SOAK_SECONDS``, kills every 15-45 s chosen by ``SHARPML_SOAK_SEED`` (random when
 unset, and printed), and writes ``SHARPML_SOAK_RESULT`` (JSON) with a summary line.
@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.podman, pytest.mark.slow]
 
 LONG = "SHARPML_SOAK_SECONDS" in os.environ
 UPLOADERS = int(os.environ.get("SHARPML_SOAK_UPLOADERS", "2"))
-SECONDS = float(os.environ.get("SHARPML_SOAK_SECONDS", "75"))
+SECONDS = float(os.environ.get("SHARPML_SOAK_SECONDS", "60"))
 SEED = int(os.environ.get("SHARPML_SOAK_SEED", "13"))
 RESULT = os.environ.get("SHARPML_SOAK_RESULT")
 
@@ -46,8 +46,8 @@ def _config() -> SoakConfig:
     # while SfM pods run.
     rng = random.Random(SEED)
     kills = [
-        Kill(rng.uniform(10, 25), "api", rng.uniform(1, 3), aim=rng.uniform(0, 0.3)),
-        Kill(rng.uniform(35, 50), "operator", rng.uniform(1, 3)),
+        Kill(rng.uniform(10, 22), "api", rng.uniform(1, 3), aim=rng.uniform(0, 0.3)),
+        Kill(rng.uniform(28, 40), "operator", rng.uniform(1, 3)),
     ]
     return SoakConfig(UPLOADERS, SECONDS, SEED, kills=kills, drain_seconds=150)
 
