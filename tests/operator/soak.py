@@ -403,9 +403,16 @@ class Soak:
             "drain_seconds": round(time.monotonic() - upload_end, 1),
             "settled_after_s": self.settled,
             "total_seconds": round(time.monotonic() - t0, 1),
+            # What the kills left and the sweeps removed (from the processes' logs).
+            "leftovers_swept_by_api": _count(self.api.log_path, "swept abandoned upload leftover"),
+            "orphan_dirs_removed_by_operator": _count(self.operator.log_path, "removed job directory"),
             "server_errors": self.server_errors,
             "violations": violations(self.attempts, state, self.server_errors, drained),
         }
+
+
+def _count(log: Path, text: str) -> int:
+    return log.read_text(errors="replace").count(text) if log.exists() else 0
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
