@@ -49,7 +49,7 @@ def _config() -> SoakConfig:
         Kill(rng.uniform(10, 22), "api", rng.uniform(1, 3), aim=rng.uniform(0, 0.3)),
         Kill(rng.uniform(28, 40), "operator", rng.uniform(1, 3)),
     ]
-    return SoakConfig(UPLOADERS, SECONDS, SEED, kills=kills, drain_seconds=150)
+    return SoakConfig(UPLOADERS, SECONDS, SEED, kills=kills, drain_seconds=240)
 
 
 @pytest.fixture(scope="module")
