@@ -60,7 +60,9 @@ soak: deps-test venv k8s-tools
 	SHARPML_SOAK_COMMAND="make soak SOAK_UPLOADERS=$(SOAK_UPLOADERS) SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$$seed" \
 	  $(BIN)/pytest tests/operator/test_soak.py -p no:cacheprovider -q; rc=$$?; \
 	echo "make soak: $$(( $$(date +%s) - start )) s, seed $$seed, exit $$rc, load $$(cut -d' ' -f1-3 /proc/loadavg)"; \
-	$(BIN)/python -c 'import json; print(json.load(open("benchmarks/results/soak.json"))["summary"])'; exit $$rc
+	$(BIN)/python -c 'import json, os, sys; p = "benchmarks/results/soak.json"; \
+	  print(json.load(open(p))["summary"] if os.path.getmtime(p) >= int(sys.argv[1]) else "no result written")' $$start; \
+	exit $$rc
 
 ## deps-core / deps-test: Debian packages pip cannot bring, installed only where missing (hack/system-deps.sh)
 deps-core:
