@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ ACCEPTABLE_FAILURE_REASONS: frozenset[str] = frozenset()
 @dataclass(frozen=True)
 class Kill:
     """SIGKILL ``target`` at ``at`` seconds, restart it ``pause`` seconds later. With ``aim`` set (API
-    kills), wait from ``at`` for an upload in flight, then kill ``aim`` seconds after it was seen."""
+    kills), wait from ``at`` for the next upload to start, then kill ``aim`` seconds into it."""
 
     at: float
     target: str  # "api" | "operator"
@@ -194,12 +195,14 @@ class Soak:
     invalid_set: list[tuple[str, bytes]]
     attempts: list[Attempt] = field(default_factory=list)
     kills: list[dict[str, Any]] = field(default_factory=list)
-    #: Answers that break the rules whatever the chaos: 5xx other than 503, an accepted job gone (404).
+    #: Answers that break the rules whatever the chaos: 5xx other than 503, an accepted job gone (404);
+    #: and crashes of the soak's own threads.
     server_errors: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     #: POSTs under way (what an aimed kill waits for).
     _in_flight: int = 0
+    _posts: int = 0
     #: Seconds after the uploads stopped at which each part of the end state was reached.
     settled: dict[str, float] = field(default_factory=dict)
 
@@ -212,6 +215,7 @@ class Soak:
         headers = {"Authorization": f"Bearer {make_token(attempt.account)}"}
         with self._lock:
             self._in_flight += 1
+            self._posts += 1
         try:
             r = client.post(
                 f"{self.api.url}/v1/jobs", files=files, data={"training": "none"}, headers=headers
@@ -287,11 +291,12 @@ class Soak:
                 return
             in_flight = self._in_flight
             if kill.aim is not None:
-                deadline = time.monotonic() + 20
-                while not self._in_flight and time.monotonic() < deadline and not self._stop.is_set():
-                    time.sleep(0.01)
-                in_flight = self._in_flight
+                # A POST that starts from now on: one already under way may be about to answer.
+                started, deadline = self._posts, time.monotonic() + 20
+                while self._posts == started and time.monotonic() < deadline and not self._stop.is_set():
+                    time.sleep(0.005)
                 time.sleep(kill.aim)
+                in_flight = self._in_flight
             proc = self.api if kill.target == "api" else self.operator
             killed_at = time.monotonic() - t0
             proc.kill()
@@ -308,13 +313,20 @@ class Soak:
             )
 
     # -- the run ---------------------------------------------------------------------------------
+    def _guarded(self, target: Callable[..., None], *args: Any) -> None:
+        """Run a thread's body; a crash of the soak itself is a violation, never a silent thread death."""
+        try:
+            target(*args)
+        except Exception as exc:
+            self._server_error(f"soak thread {target.__name__}{args} crashed: {exc!r}")
+
     def run(self) -> dict[str, Any]:
         t0 = time.monotonic()
         threads = [
-            threading.Thread(target=self._uploader, args=(i,), daemon=True)
+            threading.Thread(target=self._guarded, args=(self._uploader, i), daemon=True)
             for i in range(self.config.uploaders)
         ]
-        chaos = threading.Thread(target=self._chaos, args=(t0,), daemon=True)
+        chaos = threading.Thread(target=self._guarded, args=(self._chaos, t0), daemon=True)
         for t in [*threads, chaos]:
             t.start()
         self._stop.wait(self.config.seconds)
