@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SHARPML_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: demo test fuzz lint venv clean deps-core deps-test k8s-tools helm s3-tools chart-tools chart-values cluster-up cluster-down s3-up s3-down
+.PHONY: demo test fuzz soak lint venv clean deps-core deps-test k8s-tools helm s3-tools chart-tools chart-values cluster-up cluster-down s3-up s3-down
 
 ## venv: the project's virtual environment with every extra installed (re-run when pyproject changes).
 ## The `train` extra (torch + its CUDA libraries: 2.9 GB of wheels) comes from a wheelhouse under
@@ -45,6 +45,24 @@ fuzz: deps-test venv k8s-tools
 	echo "make fuzz: $$(wc -l < $$log) requests over $$(cut -f1 $$log | sort -u | wc -l) operations" \
 	  "in $$(( $$(date +%s) - start )) s, seed $$seed, exit $$rc; requests by operation and status:"; \
 	cut -f1,2 $$log | sort | uniq -c; rm -f $$log; exit $$rc
+
+## soak: tests/operator/test_soak.py far beyond the suite's short run: SOAK_UPLOADERS uploaders post photo
+## sets for SOAK_SECONDS while the API and the operator are SIGKILLed and restarted every 15-45 s, then it
+## waits for every job to finish and every leftover to be swept. A random seed (printed; SOAK_SEED=N
+## replays the kill schedule); the figures go to benchmarks/results/soak.json and a summary line.
+SOAK_UPLOADERS ?= 8
+SOAK_SECONDS ?= 600
+soak: deps-test venv k8s-tools
+	@seed=$${SOAK_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; start=$$(date +%s); \
+	echo "make soak: $(SOAK_UPLOADERS) uploaders for $(SOAK_SECONDS) s, seed $$seed, load $$(cut -d' ' -f1-3 /proc/loadavg)"; \
+	SHARPML_SOAK_UPLOADERS=$(SOAK_UPLOADERS) SHARPML_SOAK_SECONDS=$(SOAK_SECONDS) SHARPML_SOAK_SEED=$$seed \
+	SHARPML_SOAK_RESULT=benchmarks/results/soak.json \
+	SHARPML_SOAK_COMMAND="make soak SOAK_UPLOADERS=$(SOAK_UPLOADERS) SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$$seed" \
+	  $(BIN)/pytest tests/operator/test_soak.py -p no:cacheprovider -q; rc=$$?; \
+	echo "make soak: $$(( $$(date +%s) - start )) s, seed $$seed, exit $$rc, load $$(cut -d' ' -f1-3 /proc/loadavg)"; \
+	$(BIN)/python -c 'import json, os, sys; p = "benchmarks/results/soak.json"; \
+	  print(json.load(open(p))["summary"] if os.path.getmtime(p) >= int(sys.argv[1]) else "no result written")' $$start; \
+	exit $$rc
 
 ## deps-core / deps-test: Debian packages pip cannot bring, installed only where missing (hack/system-deps.sh)
 deps-core:

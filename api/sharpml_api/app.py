@@ -24,7 +24,16 @@ from sharpml_api.state import AppState
 from sharpml_api.sweep import sweep_leftovers
 
 log = logging.getLogger(__name__)
+#: Longest interval of the sweeps; leftovers are swept at least every upload timeout, so what a killed
+#: process left lives at most about twice that.
 SWEEP_SECONDS = 600
+
+
+def sweep_interval(settings: Settings) -> float:
+    """Seconds between sweeps: an abandoned spool becomes sweepable one upload timeout after its last
+    change, so sweeping less often than that would only let it linger."""
+    return min(SWEEP_SECONDS, settings.upload_timeout_seconds)
+
 
 DESCRIPTION = """Upload 5-100 photos of a place or an object; SharpML reconstructs the cameras and
 trains a 3D Gaussian splat. Authenticate with a bearer JWT; without one, uploads fall under the
@@ -41,10 +50,10 @@ def _sweep_leftovers(st: AppState) -> None:
 
 
 async def _sweeper(st: AppState) -> None:
-    """Every SWEEP_SECONDS: rate-limit Leases whose windows have passed (any replica may; deletes are
-    conditional) and upload leftovers older than the upload timeout."""
+    """Every :func:`sweep_interval`: rate-limit Leases whose windows have passed (any replica may;
+    deletes are conditional) and upload leftovers older than the upload timeout."""
     while True:
-        await asyncio.sleep(SWEEP_SECONDS)
+        await asyncio.sleep(sweep_interval(st.settings))
         await anyio.to_thread.run_sync(_sweep_leftovers, st)
         try:
             n = await anyio.to_thread.run_sync(st.limiter.sweep)

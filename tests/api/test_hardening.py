@@ -243,6 +243,22 @@ def test_upload_leftovers_are_swept_when_the_api_starts(settings_for, serve_api)
     assert remaining == sorted([*kept, f"jobs/{dead}"])
 
 
+def test_upload_leftovers_are_swept_while_the_api_runs(settings_for, serve_api):
+    """A replica that keeps running sweeps at least every upload timeout, not only every 10 minutes: what
+    another replica's crash left is gone about two upload timeouts later (the soak's end state)."""
+    settings = settings_for(upload_timeout_seconds=2)
+    root = settings.data_dir
+    serve_api(settings)
+    name = "44444444-4444-4444-8444-444444444444"
+    (root / "uploads" / name).mkdir(parents=True)
+    (root / "uploads" / name / "0001.part").write_bytes(b"x" * 1000)
+    (root / "jobs" / f".incoming-{name}" / "images").mkdir(parents=True)
+    deadline = time.monotonic() + 20
+    while (root / "uploads" / name).exists() or (root / "jobs" / f".incoming-{name}").exists():
+        assert time.monotonic() < deadline, "the leftovers were not swept while the API ran"
+        time.sleep(0.2)
+
+
 def _connect(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     return s

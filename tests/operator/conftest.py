@@ -293,18 +293,20 @@ def start_operator(
     yield start
     for op in started:
         op.stop()
-    # Let the operators' finalizers not block namespace deletion: remove leftovers while one still runs.
-    control_plane.kubectl(
-        "patch",
-        "sj",
-        "--all",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"metadata":{"finalizers":null}}',
-        check=False,
-    )
+    # Let the operators' finalizers not block namespace deletion: remove those left on SharpJobs now that no
+    # operator runs (`kubectl patch` has no --all: one call per job).
+    listed = control_plane.kubectl("get", "sj", "-n", namespace, "-o", "name", check=False)
+    for name in listed.stdout.split() if listed.returncode == 0 else []:
+        control_plane.kubectl(
+            "patch",
+            name,
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )
 
 
 def sharpjob(name: str, job_dir: str, image_count: int, **spec: Any) -> dict[str, Any]:
