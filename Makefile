@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SHARPML_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: demo test fuzz lint venv clean deps-core deps-test k8s-tools helm s3-tools chart-tools chart-values cluster-up cluster-down s3-up s3-down
+.PHONY: demo test fuzz lint venv viewer clean deps-core deps-test k8s-tools helm s3-tools chart-tools chart-values cluster-up cluster-down s3-up s3-down
 
 ## venv: the project's virtual environment with every extra installed (re-run when pyproject changes).
 ## The `train` extra (torch + its CUDA libraries: 2.9 GB of wheels) comes from a wheelhouse under
@@ -29,7 +29,7 @@ demo: deps-core venv
 
 ## test: the whole test suite (what CI runs); builds the control plane binaries, the S3 server and the
 ## chart's tools first (cached: a no-op)
-test: deps-test venv k8s-tools s3-tools chart-tools
+test: deps-test venv viewer k8s-tools s3-tools chart-tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -45,6 +45,13 @@ fuzz: deps-test venv k8s-tools
 	echo "make fuzz: $$(wc -l < $$log) requests over $$(cut -f1 $$log | sort -u | wc -l) operations" \
 	  "in $$(( $$(date +%s) - start )) s, seed $$seed, exit $$rc; requests by operation and status:"; \
 	cut -f1,2 $$log | sort | uniq -c; rm -f $$log; exit $$rc
+
+## viewer: the browser viewer (viewer/, npm: Spark + three.js, esbuild) built into the API's static files,
+## api/sharpml_api/static/viewer/; `npm ci` with its cache under ~/.cache/sharpml/npm. A no-op when
+## viewer/package-lock.json, build.mjs and src/ have not changed (hack/build-viewer.sh)
+viewer:
+	hack/system-deps.sh viewer
+	hack/build-viewer.sh
 
 ## deps-core / deps-test: Debian packages pip cannot bring, installed only where missing (hack/system-deps.sh)
 deps-core:
