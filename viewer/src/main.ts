@@ -49,7 +49,8 @@ function refused(p: Problem | FatalHttpError): void {
             ? ["Sign-in needed", "Open this page through the link you were sent."]
             : [`The request was refused (${status})`, ""];
   setState("denied");
-  notice(title, [text, detail].filter(Boolean).join(" "));
+  const sentence = detail ? `${detail.charAt(0).toUpperCase()}${detail.slice(1)}${/[.!?]$/.test(detail) ? "" : "."}` : "";
+  notice(title, [sentence, text].filter(Boolean).join(" "));
 }
 
 // ---- progress view ---------------------------------------------------------------------------
