@@ -55,12 +55,15 @@ def resource(job_id: str, phase: str, percent: int, stage: str, message: str, qu
 
 
 class StubApi:
+    OWNER_TOKEN = "owner-token-1234"
+
     def __init__(self, job_id: str, page_dir: Path, artifacts: dict[str, Path]) -> None:
         self.job_id = job_id
         self.page_dir = page_dir
         self.artifacts = artifacts  # format -> file
         self.base = ""
         self.requests: list[str] = []
+        self.owner_requests: list[str] = []  # API calls authorised by the owner's token
         self.last_event_ids: list[str | None] = []  # the Last-Event-ID of each connection to the stream
         self._queue: asyncio.Queue[dict | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -125,8 +128,12 @@ class StubApi:
     # ---- the routes ---------------------------------------------------------------------------
 
     def _grant(self, request: Request, scope: str) -> Response | None:
-        """None when the link grants ``scope``; else the API's problem answer (403 or 410)."""
+        """None when the link grants ``scope`` (or the owner's bearer token is :attr:`OWNER_TOKEN`);
+        else the API's problem answer (403 or 410)."""
         self.requests.append(request.url.path)
+        if request.headers.get("authorization") == f"Bearer {self.OWNER_TOKEN}" and scope == VIEW_SCOPE:
+            self.owner_requests.append(request.url.path)
+            return None
         try:
             links.verify(KEYS, request.path_params["job_id"], scope, request.query_params)
         except links.LinkError as exc:

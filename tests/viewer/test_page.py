@@ -131,6 +131,20 @@ def test_reconnects_after_a_lost_stream(page, stub: StubApi) -> None:
     assert_no_console_errors(page)
 
 
+def test_owner_token_from_the_fragment(page, stub: StubApi) -> None:
+    """An owner opens the page with ``#token=``: the API calls carry it as a bearer token (no grant in
+    the query), it moves to sessionStorage, and the address bar no longer shows it."""
+    page.route("**/v1/jobs/*/view", lambda route: route.fulfill(path=str(built_page() / "index.html")))
+    page.goto(f"{stub.base}/v1/jobs/{stub.job_id}/view#token={stub.OWNER_TOKEN}")
+    assert stub.connected.wait(30)
+    stub.push("Training", 40, "training: step 100/7000", "Training")
+    page.wait_for_selector("#overall-text:text('40%')", timeout=TIMEOUT_MS)
+    assert stub.owner_requests == [f"/v1/jobs/{stub.job_id}/events"]
+    assert "#token" not in page.url and "token" not in page.url
+    assert page.evaluate("sessionStorage.getItem('sharpml.token')") == stub.OWNER_TOKEN
+    assert_no_console_errors(page)
+
+
 @pytest.mark.parametrize("stub", [("splat",)], indirect=True)
 def test_splat_without_spz(page, stub: StubApi) -> None:
     page.goto(stub.view_url())

@@ -16,6 +16,7 @@ export interface JobStatus {
   message?: string | null;
   progress: { percent: number; stage?: string | null };
   queue_position?: number | null;
+  training?: { backend?: string | null } | null;
   outputs?: { url?: string | null } | null;
   links: {
     status: string;

@@ -82,7 +82,10 @@ function renderProgress(job: JobStatus): void {
     const state = document.createElement("span");
     state.className = "stage-state";
     let stagePercent: number | null = null;
-    if (at > last) {
+    if (stage.phases[0] === "Training" && job.training?.backend === "none") {
+      li.dataset.stage = "skipped";
+      state.textContent = "not asked for";
+    } else if (at > last) {
       li.dataset.stage = "done";
       state.textContent = "done";
       stagePercent = stage.band ? 100 : null;
