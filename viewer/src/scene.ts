@@ -3,6 +3,32 @@ import { SparkRenderer, SplatMesh } from "@sparkjsdev/spark";
 import * as THREE from "three";
 import { OrbitControls } from "three/examples/jsm/controls/OrbitControls.js";
 
+/** The box holding the middle 96% of splat centres along each axis: a few stray splats far out (SfM
+ * outliers, background) would otherwise frame the scene as a speck. All centres up to 200k; above, a
+ * regular sample. */
+function coreBounds(mesh: SplatMesh): THREE.Box3 {
+  const all = mesh.getBoundingBox(true);
+  const xs: number[] = [];
+  const ys: number[] = [];
+  const zs: number[] = [];
+  let count = 0;
+  mesh.forEachSplat(() => void count++);
+  const stride = Math.max(1, Math.floor(count / 200_000));
+  mesh.forEachSplat((i, c) => {
+    if (i % stride === 0) xs.push(c.x), ys.push(c.y), zs.push(c.z);
+  });
+  if (xs.length < 50) return all;
+  const at = (v: number[], q: number) => v[Math.min(v.length - 1, Math.floor(q * v.length))];
+  const lo = new THREE.Vector3();
+  const hi = new THREE.Vector3();
+  [xs, ys, zs].forEach((v, axis) => {
+    v.sort((a, b) => a - b);
+    lo.setComponent(axis, at(v, 0.02));
+    hi.setComponent(axis, at(v, 0.98));
+  });
+  return new THREE.Box3(lo, hi);
+}
+
 export interface Shown {
   gaussians: number;
 }
@@ -26,7 +52,7 @@ export async function showSplat(canvas: HTMLCanvasElement, bytes: Uint8Array, fi
   await mesh.initialized;
   mesh.updateMatrixWorld(true);
 
-  const box = mesh.getBoundingBox(true).applyMatrix4(mesh.matrixWorld);
+  const box = coreBounds(mesh).applyMatrix4(mesh.matrixWorld);
   const sphere = box.getBoundingSphere(new THREE.Sphere());
   const radius = Math.max(sphere.radius, 1e-3);
   const distance = radius / Math.sin(THREE.MathUtils.degToRad(camera.fov / 2));
