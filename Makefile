@@ -65,7 +65,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .ruff_cache
+	rm -rf $(VENV) .data .pytest_cache .ruff_cache viewer/node_modules viewer/.build-stamp api/sharpml_api/static/viewer
 
 ## k8s-tools: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd (pinned in
 ## hack/k8s-tools/go.mod), built once into ~/.cache/sharpml/k8s-<version>/; rebuilt only when the pin changes
