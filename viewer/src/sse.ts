@@ -14,12 +14,17 @@ export class SseParser {
   private event = "";
   lastId: string | null = null;
   retry: number | null = null;
+  private skipLF = false;
 
   feed(chunk: string): SseEvent[] {
+    if (chunk === "") return [];
+    // A line ends at CRLF, LF or CR. A chunk that ends in CR has ended its line; an LF opening the
+    // next chunk is that CRLF's second half, not an empty line.
+    if (this.skipLF && chunk.startsWith("\n")) chunk = chunk.slice(1);
+    this.skipLF = chunk.endsWith("\r");
     this.buffer += chunk;
     const out: SseEvent[] = [];
-    // A line ends at CRLF, LF or CR; keep a trailing CR until we know whether LF follows it.
-    const lines = this.buffer.split(/\r\n|\n|\r(?!$)/);
+    const lines = this.buffer.split(/\r\n|\n|\r/);
     this.buffer = lines.pop() ?? "";
     for (const line of lines) {
       if (line === "") {
