@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SHARPML_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: demo test fuzz soak lint venv clean deps-core deps-test k8s-tools helm s3-tools chart-tools chart-values cluster-up cluster-down s3-up s3-down
+.PHONY: demo test fuzz soak lint venv viewer clean deps-core deps-test k8s-tools helm s3-tools chart-tools chart-values cluster-up cluster-down s3-up s3-down
 
 ## venv: the project's virtual environment with every extra installed (re-run when pyproject changes).
 ## The `train` extra (torch + its CUDA libraries: 2.9 GB of wheels) comes from a wheelhouse under
@@ -29,7 +29,7 @@ demo: deps-core venv
 
 ## test: the whole test suite (what CI runs); builds the control plane binaries, the S3 server and the
 ## chart's tools first (cached: a no-op)
-test: deps-test venv k8s-tools s3-tools chart-tools
+test: deps-test venv viewer k8s-tools s3-tools chart-tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -64,6 +64,13 @@ soak: deps-test venv k8s-tools
 	  print(json.load(open(p))["summary"] if os.path.getmtime(p) >= int(sys.argv[1]) else "no result written")' $$start; \
 	exit $$rc
 
+## viewer: the browser viewer (viewer/, npm: Spark + three.js, esbuild) built into the API's static files,
+## api/sharpml_api/static/viewer/; `npm ci` with its cache under ~/.cache/sharpml/npm. A no-op when
+## viewer/package-lock.json, build.mjs and src/ have not changed (hack/build-viewer.sh)
+viewer:
+	hack/system-deps.sh viewer
+	hack/build-viewer.sh
+
 ## deps-core / deps-test: Debian packages pip cannot bring, installed only where missing (hack/system-deps.sh)
 deps-core:
 	hack/system-deps.sh core
@@ -76,7 +83,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .ruff_cache
+	rm -rf $(VENV) .data .pytest_cache .ruff_cache viewer/node_modules viewer/.build-stamp api/sharpml_api/static/viewer
 
 ## k8s-tools: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd (pinned in
 ## hack/k8s-tools/go.mod), built once into ~/.cache/sharpml/k8s-<version>/; rebuilt only when the pin changes

@@ -95,11 +95,19 @@ build_image() {
     operator) image="${SHARPML_OPERATOR_IMAGE_NAME:-localhost/sharpml-operator}"; sources=(sharpml operator) ;;
     *) log "unknown image '$name' (sfm, api, operator, trainer, all)"; exit 2 ;;
   esac
+  # The API serves the browser viewer: built (npm, cached: a no-op when unchanged) before it is copied in.
+  local assets=()
+  if [ "$name" = api ]; then
+    "$REPO/hack/build-viewer.sh" >&2
+    assets=(api/sharpml_api/static)
+  fi
   local hash
   hash="$(
     cd "$REPO"
     { echo "$base_id"; cat "images/$name/Dockerfile" pyproject.toml hack/requirements.py;
-      find "${sources[@]}" -name '*.py' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16
+      find "${sources[@]}" -name '*.py' -print0 | sort -z | xargs -0 sha256sum;
+      [ ${#assets[@]} -eq 0 ] || find "${assets[@]}" -type f -print0 | sort -z | xargs -0 sha256sum; } \
+      | sha256sum | cut -c1-16
   )"
   local ref="$image:$hash" archive="$CACHE/$name-$hash.tar"
   if have_image "$ref"; then
@@ -118,6 +126,7 @@ build_image() {
     python3 "$REPO/hack/requirements.py" "$name" > "$ctx/requirements.txt"
     mkdir -p "$ctx/operator" "$ctx/api"  # package roots named in pyproject; empty unless this image's
     (cd "$REPO" && find "${sources[@]}" -name '*.py' -exec cp --parents {} "$ctx/" \;)
+    [ ${#assets[@]} -eq 0 ] || (cd "$REPO" && cp -r --parents "${assets[@]}" "$ctx/")
     local start; start=$(date +%s)
     podman build --quiet "${ca_mount[@]}" --build-arg "BASE_IMAGE=$base" \
       --label "sharpml.content=$hash" -t "$ref" -f "$REPO/images/$name/Dockerfile" "$ctx" >&2

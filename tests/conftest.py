@@ -24,6 +24,9 @@ from typing import Any
 
 import pytest
 
+# Headless Chromium (tests/browser.py) for the viewer's tests.
+from tests.browser import browser, page  # noqa: F401
+
 # The local RunPod serverless endpoint and its workers (tests/runpod_local/fixtures.py).
 from tests.runpod_local.fixtures import (  # noqa: F401
     runpod_endpoint,
