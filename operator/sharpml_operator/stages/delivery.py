@@ -240,6 +240,11 @@ class DeliveryStage(Stage):
     def free_slots(self, busy: set[str], snap: Snapshot) -> int:
         return max(1, len(snap.jobs))
 
+    def started(self, job: Job, snap: Snapshot) -> bool:
+        """Delivery holds no resource: a job waiting for it never waits in a queue (nor for the index of
+        SharpJobs to show its new phase)."""
+        return True
+
     def stop(self, job: Job, snap: Snapshot) -> bool:
         return False  # nothing runs outside the step itself
 
