@@ -4,6 +4,12 @@ The training stage uploads a job's scene here and hands the RunPod worker presig
 scene, PUT for the results), so the worker never holds credentials. A thin layer over one boto3 client:
 keys are relative to the configured prefix, and every failure is one :class:`StorageError` whose
 ``reason`` tells the caller whether trying again can help.
+
+Every object SharpML writes asks for server-side encryption (``SHARPML_S3_SSE``): the one place is
+:meth:`Storage.encryption`, which every write of this module adds to its request. Presigned PUTs (the
+GPU worker's uploads) do not carry it: S3 and versitygw both enforce a signed
+``x-amz-server-side-encryption`` header (a PUT without it gets 403), so the worker would have to send
+it; those objects live only while their job does, under the bucket's default encryption.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -59,6 +66,16 @@ class S3Settings:
     secret_access_key: str = field(repr=False)
     #: PEM bundle of the CAs trusted for ``endpoint``; None: the system's.
     ca_bundle: Path | None
+    #: Server-side encryption asked for on every write: ``AES256``, ``aws:kms`` or ``none``.
+    sse: str = "AES256"
+    #: The KMS key of ``aws:kms`` (empty: the bucket's AWS-managed key).
+    sse_kms_key_id: str = ""
+
+    @property
+    def configured(self) -> bool:
+        """Whether S3 was set up for this deployment (an endpoint or credentials given), as opposed to
+        the defaults alone."""
+        return bool(self.endpoint or self.access_key_id)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> S3Settings:
@@ -82,7 +99,18 @@ class S3Settings:
             access_key_id=key_id,
             secret_access_key=secret,
             ca_bundle=value(env, "SHARPML_S3_CA_BUNDLE"),
+            sse=value(env, "SHARPML_S3_SSE"),
+            sse_kms_key_id=value(env, "SHARPML_S3_SSE_KMS_KEY_ID"),
         )
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a listing shows it; ``name`` is relative to the configured prefix."""
+
+    name: str
+    size: int
+    last_modified: datetime
 
 
 class StorageError(RuntimeError):
@@ -143,10 +171,26 @@ def _error(exc: Exception, action: str, key: str) -> StorageError:
 class Storage:
     """One bucket, under one key prefix, through one boto3 client (thread-safe, so one per process)."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+    def __init__(
+        self, client: Any, bucket: str, prefix: str = "", *, sse: str = "AES256", sse_kms_key_id: str = ""
+    ) -> None:
+        if sse not in ("AES256", "aws:kms", "none"):
+            raise ValueError(f"server-side encryption {sse!r}: must be AES256, aws:kms or none")
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
+        self.sse = sse
+        self.sse_kms_key_id = sse_kms_key_id
+
+    @property
+    def encryption(self) -> dict[str, str]:
+        """The server-side encryption parameters of every PutObject this module sends."""
+        if self.sse == "none":
+            return {}
+        params = {"ServerSideEncryption": self.sse}
+        if self.sse == "aws:kms" and self.sse_kms_key_id:
+            params["SSEKMSKeyId"] = self.sse_kms_key_id
+        return params
 
     @classmethod
     def from_settings(
@@ -180,7 +224,7 @@ class Storage:
             verify=str(s3.ca_bundle) if s3.ca_bundle else None,
             config=config,
         )
-        return cls(client, s3.bucket, s3.prefix)
+        return cls(client, s3.bucket, s3.prefix, sse=s3.sse, sse_kms_key_id=s3.sse_kms_key_id)
 
     def key(self, name: str) -> str:
         """The full object key of ``name``: the prefix, then a relative path without ``.``/``..``."""
@@ -221,10 +265,13 @@ class Storage:
     def put_file(self, name: str, path: Path) -> None:
         """Upload a file in one PUT (S3 allows up to 5 GiB; the worker reads at most 4 GiB)."""
         with path.open("rb") as body:  # seekable: a retried attempt rewinds it
-            self._call("uploading", name, "put_object", Key=self.key(name), Body=body)
+            self._put(name, body)
 
     def put_bytes(self, name: str, data: bytes) -> None:
-        self._call("uploading", name, "put_object", Key=self.key(name), Body=data)
+        self._put(name, data)
+
+    def _put(self, name: str, body: Any) -> None:
+        self._call("uploading", name, "put_object", Key=self.key(name), Body=body, **self.encryption)
 
     def presign_get(self, name: str, seconds: int) -> str:
         """A URL that lets whoever holds it GET the object for ``seconds``."""
@@ -286,6 +333,24 @@ class Storage:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
         return size
+
+    def list_objects(self, prefix: str, *, page_size: int = 1000) -> Iterator[StoredObject]:
+        """The objects whose key starts with ``prefix`` (relative to the configured prefix), in key order."""
+        full = self.key(prefix)
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": page_size}
+        )
+        try:
+            for page in pages:
+                for o in page.get("Contents", []):
+                    name = o["Key"][len(self.prefix) :]
+                    yield StoredObject(name, int(o.get("Size") or 0), o["LastModified"])
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(exc, "listing", prefix) from exc
+
+    def delete(self, name: str) -> None:
+        """Delete one object (absent already: nothing to do, as S3 itself answers)."""
+        self._call("deleting", name, "delete_object", Key=self.key(name))
 
     def delete_prefix(self, prefix: str, *, page_size: int = 1000) -> int:
         """Delete every object whose key starts with ``prefix`` (a job's objects: the finalizer's work;

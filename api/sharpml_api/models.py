@@ -171,9 +171,34 @@ class SfmSummary(BaseModel):
     mean_reprojection_error: float | None = None
 
 
+class ArtifactOut(BaseModel):
+    format: str = Field(description="splat, ply or spz.")
+    file: str = Field(description="The download's file name (scene.splat).")
+    bytes: int
+    sha256: str
+
+
 class Outputs(BaseModel):
-    url: str | None = Field(None, description="Download URL of the finished splat.")
-    url_expires_at: str | None = Field(None, description="When the download URL stops working (RFC 3339).")
+    """What was delivered (status.outputs; where it is stored stays inside SharpML)."""
+
+    source: str | None = Field(None, description="trained, or preview when training was off.")
+    gaussians: int | None = None
+    delivered_at: str | None = Field(None, description="When the artifacts were stored (RFC 3339).")
+    expires_at: str | None = Field(None, description="When they are deleted; no link works after (RFC 3339).")
+    artifacts: list[ArtifactOut] = Field(default_factory=list)
+
+    @classmethod
+    def read(cls, outputs: dict[str, Any]) -> Outputs:
+        return cls(
+            source=outputs.get("source"),
+            gaussians=outputs.get("gaussians"),
+            delivered_at=outputs.get("deliveredAt"),
+            expires_at=outputs.get("expiresAt"),
+            artifacts=[
+                ArtifactOut(format=a["format"], file=a["file"], bytes=a["bytes"], sha256=a["sha256"])
+                for a in outputs.get("artifacts") or []
+            ],
+        )
 
 
 class JobStatus(BaseModel):
@@ -236,9 +261,7 @@ class JobStatus(BaseModel):
             )
             if sfm
             else None,
-            outputs=Outputs(url=outputs.get("url"), url_expires_at=outputs.get("urlExpiresAt"))
-            if outputs
-            else None,
+            outputs=Outputs.read(outputs) if outputs else None,
             deleting=bool(meta.get("deletionTimestamp")),
             links=links,
         )

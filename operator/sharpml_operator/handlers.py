@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -26,7 +27,8 @@ from sharpml.contract import (
     JobSpec,
     Phase,
 )
-from sharpml_operator import cleanup, metrics, orphans, scope
+from sharpml.storage import Storage
+from sharpml_operator import artifacts, cleanup, metrics, orphans, scope
 from sharpml_operator.job import Job
 from sharpml_operator.nodes import NodeView, matches_selector, problem
 from sharpml_operator.pipeline import Pipeline
@@ -73,6 +75,7 @@ async def configure(
     metrics.serve(CFG.metrics_port, CFG.data_dir)
     _TASKS.add(asyncio.get_running_loop().create_task(_retention(finished_jobs), name="sharpml-retention"))
     _TASKS.add(asyncio.get_running_loop().create_task(_orphans(), name="sharpml-orphans"))
+    _TASKS.add(asyncio.get_running_loop().create_task(_artifacts(), name="sharpml-artifacts"))
     log.info(
         "sharpml-operator: image=%s concurrency per SfM node=%d data=%s node selector=%s",
         CFG.image,
@@ -261,6 +264,35 @@ async def _orphans() -> None:
         except Exception:
             log.exception("sweep of job directories without a SharpJob failed")
         await asyncio.sleep(CFG.orphan_check_seconds)
+
+
+# --- what outlives a job: artifacts, the metadata archive, logs --------------------------------------------
+
+
+async def _artifacts() -> None:
+    """At start-up and every SHARPML_RETENTION_CHECK_SECONDS: today's metadata archive if missing, and the
+    artifact and log retention (:mod:`sharpml_operator.artifacts`); a failure skips one round."""
+    storage: Storage | None = None
+    while True:
+        try:
+            if storage is None and CFG.delivery.backs_up(CFG.s3):
+                bucket = Storage.from_settings(CFG.s3)
+                await asyncio.to_thread(bucket.ensure_bucket)
+                storage = bucket
+            d = CFG.delivery
+            await asyncio.to_thread(
+                artifacts.sweep,
+                CFG.data_dir,
+                storage,
+                lambda: orphans.list_sharpjobs(scope.NAMESPACES),
+                datetime.now(UTC),
+                local_seconds=d.local_seconds,
+                retention_seconds=d.retention_seconds,
+                log_retention_seconds=d.log_retention_days * 86400,
+            )
+        except Exception:
+            log.exception("artifact retention failed")
+        await asyncio.sleep(CFG.retention_check_seconds)
 
 
 # --- metrics mirror ---

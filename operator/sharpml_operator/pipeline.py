@@ -4,11 +4,13 @@ The lifecycle's legal moves are one table (:data:`sharpml.contract.TRANSITIONS`)
 the ordered list of stages (:attr:`Pipeline.stages`). For a job in phase P, exactly one rule applies:
 
 - a stage *runs in* P: that stage observes its work (progress, then done or failed);
-- a stage *waits in* P and applies to the job: the job takes that stage's slot when it is its turn,
-  else shows its place;
-- P is a resting phase no applicable stage waits in: the pipeline ends here, the job is Complete.
+- the first stage that *waits in* P and applies to the job: the job takes that stage's slot when it is
+  its turn, else shows its place (``Reconstructed`` with ``training.backend: none``: delivery);
+- P is a resting phase no applicable stage waits in: the pipeline ends here, the job is Complete (a
+  pipeline without the Delivering stage, as in unit tests).
 
-So a new stage (training, delivery) is one new module added to that list, not new branches here.
+A stage whose ``done`` is ``Complete`` (delivery) ends the job itself. So a new stage (training,
+delivery) is one new module added to that list, not new branches here.
 """
 
 from __future__ import annotations
@@ -19,21 +21,24 @@ from sharpml_operator.job import Job
 from sharpml_operator.settings import Settings
 from sharpml_operator.slots import QueuedJob, decide, occupied
 from sharpml_operator.snapshot import Snapshot
-from sharpml_operator.stages import SfmStage, Stage, TrainingStage
+from sharpml_operator.stages import DeliveryStage, SfmStage, Stage, TrainingStage
 
 
 class Pipeline:
     def __init__(self, settings: Settings, stages: list[Stage] | None = None) -> None:
         self.settings = settings
         self.stages: list[Stage] = (
-            stages if stages is not None else [SfmStage(settings), TrainingStage(settings)]
+            stages
+            if stages is not None
+            else [SfmStage(settings), TrainingStage(settings), DeliveryStage(settings)]
         )
 
     def running_in(self, phase: Phase) -> Stage | None:
         return next((s for s in self.stages if s.runs_in is phase), None)
 
-    def waiting_in(self, phase: Phase) -> Stage | None:
-        return next((s for s in self.stages if phase in s.waits_in), None)
+    def waiting_in(self, phase: Phase, job: Job) -> Stage | None:
+        """The first stage that waits in ``phase`` and applies to ``job``."""
+        return next((s for s in self.stages if phase in s.waits_in and s.applies(job)), None)
 
     # --- a new job ---
 
@@ -77,7 +82,7 @@ class Pipeline:
         phase = job.phase
         if (stage := self.running_in(phase)) is not None:
             stage.observe(job, snap)
-        elif (stage := self.waiting_in(phase)) is not None and stage.applies(job):
+        elif (stage := self.waiting_in(phase, job)) is not None:
             self._queue(stage, job, snap)
         elif phase in RESTING:
             self._complete(job)

@@ -52,7 +52,37 @@ def _defaults(env: Mapping[str, str] = {}) -> dict[str, Any]:
         "metrics_port": value(env, "SHARPML_METRICS_PORT"),
         "training": TrainingSettings.from_env(env),
         "s3": S3Settings.from_env(env),
+        "delivery": DeliverySettings.from_env(env),
     }
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """The Delivering stage and what is kept afterwards: the backup, the artifacts' and logs' lifetimes."""
+
+    #: ``auto``: back up when S3 is configured (an endpoint or credentials); ``on``; ``off``.
+    backup: str
+    backup_timeout_seconds: int
+    local_seconds: int
+    retention_days: float
+    log_retention_days: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DeliverySettings:
+        return cls(
+            backup=value(env, "SHARPML_ARTIFACT_BACKUP"),
+            backup_timeout_seconds=value(env, "SHARPML_ARTIFACT_BACKUP_TIMEOUT_SECONDS"),
+            local_seconds=value(env, "SHARPML_ARTIFACT_LOCAL_SECONDS"),
+            retention_days=value(env, "SHARPML_ARTIFACT_RETENTION_DAYS"),
+            log_retention_days=value(env, "SHARPML_LOG_RETENTION_DAYS"),
+        )
+
+    @property
+    def retention_seconds(self) -> float:
+        return self.retention_days * 86400
+
+    def backs_up(self, s3: S3Settings) -> bool:
+        return self.backup == "on" or (self.backup == "auto" and s3.configured)
 
 
 @dataclass(frozen=True)
@@ -175,6 +205,7 @@ class Settings:
     metrics_port: int
     training: TrainingSettings
     s3: S3Settings
+    delivery: DeliverySettings
     #: Label on every sandboxed pod; the deny-all NetworkPolicy selects it.
     sandbox_label: str = "sharpml.com/sandbox"
 

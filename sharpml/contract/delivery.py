@@ -14,6 +14,7 @@ through signed links (:mod:`sharpml.links`), never as a directory; the notifiers
     artifacts:                           # one per format, in ARTIFACTS' order
       - {format: splat, file: scene.splat, bytes: 3940000, sha256: "…", path: splats/<id>.splat,
          s3Key: "sharpml/artifacts/<id>/scene.splat"}   # s3Key once backed up
+    backup: {state: Pending|Done|Failed, at: …, errors: 1, retryAt: …, lastError: "…"}   # with S3 only
 
 ``status.notifications`` (one entry per channel; ``for`` is the terminal phase it announced, so each
 terminal transition is announced once, across operator restarts)::

@@ -80,7 +80,21 @@ class Jobs:
             "progress": {"percent": 100, "stage": "delivered"},
             "timestamps": {"finishedAt": "2026-01-01T00:00:00Z"},
             "sfm": {"registeredImages": 5, "totalImages": 5, "points": 1200, "meanReprojectionError": 0.6},
-            "outputs": {"url": "https://cdn.example/x.splat", "urlExpiresAt": "2026-01-02T00:00:00Z"},
+            "outputs": {
+                "source": "preview",
+                "gaussians": 1200,
+                "deliveredAt": "2026-01-01T00:00:00Z",
+                "expiresAt": "2026-01-31T00:00:00Z",
+                "artifacts": [
+                    {
+                        "format": "splat",
+                        "file": "scene.splat",
+                        "bytes": 38400,
+                        "sha256": "0" * 64,
+                        "path": f"splats/{name}.splat",
+                    }
+                ],
+            },
         }
         self.api.patch_namespaced_custom_object_status(
             GROUP, VERSION, self.namespace, PLURAL, name, {"status": status}

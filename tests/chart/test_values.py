@@ -92,8 +92,21 @@ def test_values_render_exactly(helm: Helm) -> None:
         "--set-json=settings.operator.SHARPML_OPERATOR_POLL_SECONDS=0.5",
         "settings.operator.SHARPML_SFM_NODE_SELECTOR.pool=sfm",
         "settings.api.SHARPML_CORS_ORIGINS=",
+        "settings.operator.SHARPML_S3_SSE=aws:kms",
+        "settings.operator.SHARPML_S3_SSE_KMS_KEY_ID=alias/sharpml",
+        "settings.operator.SHARPML_ARTIFACT_LOCAL_SECONDS=3600",
+        "settings.operator.SHARPML_ARTIFACT_RETENTION_DAYS=7",
+        "settings.operator.SHARPML_LOG_RETENTION_DAYS=14",
     )
     op = container_env(find(docs, "Deployment", "-operator"))
+    # The delivery's settings reach the operator as the registry reads them.
+    assert op["SHARPML_S3_SSE"]["value"] == "aws:kms"
+    assert op["SHARPML_S3_SSE_KMS_KEY_ID"]["value"] == "alias/sharpml"
+    assert op["SHARPML_ARTIFACT_LOCAL_SECONDS"]["value"] == "3600"
+    assert (
+        REGISTRY["SHARPML_ARTIFACT_RETENTION_DAYS"].parse(op["SHARPML_ARTIFACT_RETENTION_DAYS"]["value"]) == 7
+    )
+    assert REGISTRY["SHARPML_LOG_RETENTION_DAYS"].parse(op["SHARPML_LOG_RETENTION_DAYS"]["value"]) == 14
     assert op["SHARPML_TRAIN_MAX_GAUSSIANS"]["value"] == "2000000"
     assert op["SHARPML_JOB_TIMEOUT_MS"]["value"] == "3600000"
     assert op["SHARPML_OPERATOR_POLL_SECONDS"]["value"] == "0.5"
@@ -107,6 +120,8 @@ def test_values_render_exactly(helm: Helm) -> None:
     [
         ("settings.api.SHARPML_API_PORT=70000", "SHARPML_API_PORT"),
         ("settings.api.SHARPML_LOG_LEVEL=verbose", "SHARPML_LOG_LEVEL"),
+        ("settings.operator.SHARPML_S3_SSE=aws:kms:dsse", "SHARPML_S3_SSE"),
+        ("settings.operator.SHARPML_ARTIFACT_RETENTION_DAYS=0", "SHARPML_ARTIFACT_RETENTION_DAYS"),
         ("settings.operator.SHARPML_SFM_MEMORY_LIMIT=lots", "SHARPML_SFM_MEMORY_LIMIT"),
         ("settings.api.SHARPML_NO_SUCH_SETTING=1", "SHARPML_NO_SUCH_SETTING"),
         ("settings.operator.SHARPML_DATA_DIR=/elsewhere", "SHARPML_DATA_DIR"),  # managed by the chart

@@ -199,7 +199,27 @@ STATUS = {
         "timestamps": {"queuedAt": "2026-11-25T10:00:00Z", "reconstructionStartedAt": "2026-11-25T10:01:00Z"},
         "sfm": {"registeredImages": 20, "totalImages": 24, "points": 15234, "meanReprojectionError": 0.71},
         "training": {"runpodJobId": "rp-123", "gpuSeconds": 12.5, "costUSD": "0.42"},
-        "outputs": {"artifact": "s3://out/chair.splat", "urlExpiresAt": "2026-11-26T10:00:00Z"},
+        "outputs": {
+            "source": "trained",
+            "gaussians": 1000,
+            "deliveredAt": "2026-11-25T10:05:00Z",
+            "expiresAt": "2026-12-25T10:05:00Z",
+            "artifacts": [
+                {
+                    "format": "splat",
+                    "file": "scene.splat",
+                    "bytes": 32000,
+                    "sha256": "0" * 64,
+                    "path": "splats/chair.splat",
+                    "s3Key": "sharpml/artifacts/chair/scene.splat",
+                }
+            ],
+            "backup": {"state": "Done", "at": "2026-11-25T10:05:01Z"},
+        },
+        "notifications": {
+            "webhook": {"for": "Complete", "state": "Sent", "attempts": 2, "at": "2026-11-25T10:05:02Z"},
+            "email": {"for": "Complete", "state": "Failed", "attempts": 5, "lastError": "550 no such user"},
+        },
         "conditions": [
             {
                 "type": "Reconstructed",
@@ -258,6 +278,9 @@ def test_kopf_state_is_preserved_and_unknown_status_pruned(control_plane, sharpj
     status = cp.get_json("sj", "chair", "-n", namespace)["status"]
     assert status["kopf"] == STATUS["status"]["kopf"]
     assert "notInTheSchema" not in status
+    # The delivery's and the notifications' shapes are in the schema: nothing of them is pruned.
+    assert status["outputs"] == STATUS["status"]["outputs"]
+    assert status["notifications"] == STATUS["status"]["notifications"]
 
 
 @pytest.mark.parametrize(
@@ -267,11 +290,23 @@ def test_kopf_state_is_preserved_and_unknown_status_pruned(control_plane, sharpj
         ({"progress": {"percent": 140}}, "status.progress.percent: Invalid value: 140"),
         ({"training": {"costUSD": "-3"}}, "status.training.costUSD"),
         (
+            {
+                "outputs": {
+                    "artifacts": [{"format": "gif", "file": "a", "bytes": 1, "sha256": "0" * 64, "path": "p"}]
+                }
+            },
+            'status.outputs.artifacts[0].format: Unsupported value: "gif"',
+        ),
+        (
+            {"notifications": {"webhook": {"state": "Lost"}}},
+            "status.notifications.webhook.state: Unsupported value",
+        ),
+        (
             {"sfm": {"registeredImages": 30, "totalImages": 24}},
             "status.sfm.registeredImages cannot exceed status.sfm.totalImages",
         ),
     ],
-    ids=["phase", "progress", "cost", "sfm-counts"],
+    ids=["phase", "progress", "cost", "artifact-format", "notification-state", "sfm-counts"],
 )
 def test_status_is_validated_too(control_plane, sharpjob_crd, namespace, status, expected):
     """The operator cannot write a phase outside the enum or a progress beyond 100 either."""
@@ -313,6 +348,8 @@ def test_kubectl_explain_documents_the_spec(control_plane, sharpjob_crd):
         "observedGeneration",
         "registeredImages",
         "runpodJobId",
-        "urlExpiresAt",
+        "expiresAt",
+        "sha256",
+        "notifications",
     ]:
         assert field in status

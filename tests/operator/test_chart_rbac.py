@@ -140,7 +140,7 @@ def test_a_whole_job_with_the_charts_service_accounts(
         assert phases[-1] == "Complete", (phases, op.log())
         assert {"Queued", "Reconstructing"} & set(phases) or phases == ["Complete"]
         reasons = [e["reason"] for e in events_for(cp, ns, first["id"])]
-        assert reasons[:4] == ["Queued", "SfmStarted", "SfmSucceeded", "Complete"], reasons
+        assert reasons[:5] == ["Queued", "SfmStarted", "SfmSucceeded", "Delivering", "Complete"], reasons
         job_dir = data_volume.root / "jobs" / first["id"]
         deadline = time.monotonic() + 60
         while cp.kubectl("get", "sj", first["id"], "-n", ns, check=False).returncode == 0 or job_dir.exists():

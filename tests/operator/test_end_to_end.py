@@ -1,8 +1,10 @@
-"""A SharpJob over synthetic photos goes through SfM to Complete: real apiserver, scheduler, operator process,
-and COLMAP run by podman from the project's SfM image, in the sandbox the pod spec describes."""
+"""A SharpJob over synthetic photos goes through SfM and delivery to Complete: real apiserver, scheduler,
+operator process, and COLMAP run by podman from the project's SfM image, in the sandbox the pod spec
+describes; training is off (``backend: none``), so the preview splat is what is delivered."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -33,25 +35,47 @@ def test_sharpjob_is_reconstructed_then_complete(
     assert 0 <= status["sfm"]["meanReprojectionError"] < 2.0
     conds = {c["type"]: c for c in status["conditions"]}
     assert conds["Reconstructed"]["status"] == "True" and conds["Reconstructed"]["reason"] == "SfmSucceeded"
-    # Reconstructed is a resting phase; with no training stage in the pipeline the preview is the result.
+    # Reconstructed is a resting phase; with training off the preview is delivered and is the result.
     assert conds["Ready"]["status"] == "True" and conds["Ready"]["reason"] == "Complete"
+    assert conds["Delivered"]["status"] == "True" and conds["Delivered"]["reason"] == "Complete"
     assert "Failed" not in conds and "Trained" not in conds
     ts = status["timestamps"]
     assert (
         ts["queuedAt"] <= ts["reconstructionStartedAt"]
-        and ts["reconstructionStartedAt"][:19] <= ts["reconstructedAt"] <= ts["finishedAt"]
+        and ts["reconstructionStartedAt"][:19]
+        <= ts["reconstructedAt"]
+        <= ts["deliveryStartedAt"]
+        <= ts["finishedAt"]
     )
     assert status["progress"] == {"percent": 100, "stage": "complete"} and "queuePosition" not in status
 
     # The story, as `kubectl describe sj` tells it.
     reasons = [e["reason"] for e in events_for(control_plane, namespace, "chair")]
-    assert reasons[:4] == ["Queued", "SfmStarted", "SfmSucceeded", "Complete"], reasons
+    assert reasons[:5] == ["Queued", "SfmStarted", "SfmSucceeded", "Delivering", "Complete"], reasons
+    assert reasons.count("Complete") == 1
+
+    # Delivered: the preview (no PLY) in splats/<id>.splat, exactly as status.outputs records it; no S3.
+    outputs = status["outputs"]
+    assert outputs["source"] == "preview" and "backup" not in outputs
+    (art,) = outputs["artifacts"]
+    delivered = (data_volume.root / "splats" / "chair.splat").read_bytes()
+    assert art == {
+        "format": "splat",
+        "file": "scene.splat",
+        "bytes": len(delivered),
+        "sha256": hashlib.sha256(delivered).hexdigest(),
+        "path": "splats/chair.splat",
+    }
+    assert outputs["gaussians"] == len(delivered) // 32 == status["sfm"]["points"]
+    assert outputs["deliveredAt"] <= ts["finishedAt"] and outputs["expiresAt"] > outputs["deliveredAt"]
+    assert sorted(p.name for p in (data_volume.root / "splats").iterdir()) == ["chair.splat"]
 
     # The result the operator reported is the one COLMAP wrote, and the preview splat is valid.
     job_root = data_volume.root / job_dir
     result = SfmResult.read(job_root / "colmap" / "result.json")
     assert result.ok and result.registered == status["sfm"]["registeredImages"]
     assert len(read_splat(job_root / "colmap" / "preview.splat")) == result.points
+    assert (job_root / "colmap" / "preview.splat").read_bytes() == delivered
     assert (job_root / "colmap" / "scene" / "sparse" / "0" / "cameras.bin").is_file()
 
     # Exactly one pod, on the SfM node, owned by the job, and it ran in the sandbox.

@@ -4,8 +4,8 @@ pycolmap, scipy or Pillow (the operator's image carries no COLMAP).
 A virtualenv with exactly the `operator` extra's requirements (hack/requirements.py; cached under
 ~/.cache/sharpml/venvs, keyed by those requirements) runs the operator's code from this checkout. The
 script below drives the real Pipeline: a Reconstructing job whose SfM pod succeeded is read back from
-the files the pod wrote and moved to Reconstructed, then Complete; a queued job gets its position; the
-storage module presigns a conditional PUT.
+the files the pod wrote and moved to Reconstructed, then delivered (Delivering, the preview in splats/)
+and Complete; a queued job gets its position; the storage module presigns a conditional PUT.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ SfmResult(ok=True, reason=None, total=8, registered=8, points=900, mean_reprojec
 (colmap / "preview.splat").write_bytes(bytes(32 * 900))
 settings = Settings.from_env({"SHARPML_DATA_DIR": str(data), "SHARPML_TRAINING_BACKEND": "none",
                               "SHARPML_S3_ENDPOINT": "https://s3.example:9000",
-                              "SHARPML_S3_ACCESS_KEY_ID": "id", "SHARPML_S3_SECRET_ACCESS_KEY": "secret"})
+                              "SHARPML_S3_ACCESS_KEY_ID": "id", "SHARPML_S3_SECRET_ACCESS_KEY": "secret",
+                              "SHARPML_ARTIFACT_BACKUP": "off"})
 pipeline = Pipeline(settings)
 
 # The object store's client (boto3) comes with the extra; presigning is local, so no server is needed.
@@ -85,7 +86,11 @@ assert j1.patch["sfm"] == {"registeredImages": 8, "totalImages": 8, "points": 90
                            "meanReprojectionError": 0.5}
 j1 = job("j1", "Reconstructed")
 pipeline.step(j1, snap)
+assert j1.phase is Phase.DELIVERING, j1.patch
+j1 = job("j1", "Delivering", **{k: v for k, v in j1.patch.items() if k != "phase"})
+pipeline.step(j1, snap)
 assert j1.phase is Phase.COMPLETE and "finishedAt" in j1.patch["timestamps"], j1.patch
+assert (data / "splats" / "j1.splat").read_bytes() == (colmap / "preview.splat").read_bytes()
 
 # j1's pod has finished, so the SfM node's one slot is free for j2; j3 waits behind it.
 j3 = job("j3", "Queued")
@@ -120,7 +125,7 @@ def test_operator_runs_with_only_its_extra_installed(tmp_path: Path) -> None:
     proc = subprocess.run([str(python), "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["events"] == ["SfmSucceeded", "Complete"]
+    assert out["events"] == ["SfmSucceeded", "Delivering", "Complete"]
     assert not {m.split(".")[0] for m in out["modules"]} & set(FORBIDDEN)
     assert "kopf" in out["modules"] and "sharpml_operator.stages.sfm" in out["modules"]
     assert "boto3" in out["modules"] and "sharpml.storage" in out["modules"]

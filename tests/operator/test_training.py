@@ -10,6 +10,7 @@ deliveries and failures never train twice, lose a job or bill a run twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import uuid
@@ -167,6 +168,18 @@ def _assert_trained_once(training: Training, job: dict[str, Any], job_root: Path
     # Billed once: the status' GPU seconds are RunPod's figures for exactly these runs.
     assert t["gpuSeconds"] == _billed_seconds(training.runpod, list(t["runs"])) > 0
     assert Decimal(t["costUSD"]) == t["gpuSeconds"] * RUNPOD_FLEX_USD_PER_SECOND["L4"]
+    # Delivered: the trained splat and PLY in splats/, as the status records them, and backed up to S3 (the
+    # operator has S3) before Complete.
+    outputs = status["outputs"]
+    assert outputs["source"] == "trained" and outputs["gaussians"] == t["gaussians"]
+    assert outputs["backup"]["state"] == "Done", outputs
+    data_dir = job_root.parents[1]
+    for a, src in zip(outputs["artifacts"], ("scene.splat", "point_cloud.ply"), strict=True):
+        delivered = (data_dir / a["path"]).read_bytes()
+        assert delivered == (out / src).read_bytes()
+        assert hashlib.sha256(delivered).hexdigest() == a["sha256"] and a["bytes"] == len(delivered)
+        assert a["s3Key"] == f"sharpml/artifacts/{job['metadata']['name']}/{a['file']}"
+        assert a["s3Key"] in training.objects("sharpml/artifacts/")
 
 
 # --- the product path -----------------------------------------------------------------------------------
@@ -234,6 +247,7 @@ def test_upload_to_trained_through_runpod_better_than_the_preview(
         "TrainingRequested",
         "TrainingSubmitted",
         "TrainingSucceeded",
+        "Delivering",
         "Complete",
     ], reasons
     # The worker got presigned URLs only: its environment holds no storage credentials.

@@ -135,6 +135,7 @@ def test_cluster_training_pod_trains_once_through_an_operator_restart(
         "SfmSucceeded",
         "TrainingStarted",
         "TrainingSucceeded",
+        "Delivering",
         "Complete",
     ]
 
