@@ -199,7 +199,22 @@ STATUS = {
         "timestamps": {"queuedAt": "2026-11-25T10:00:00Z", "reconstructionStartedAt": "2026-11-25T10:01:00Z"},
         "sfm": {"registeredImages": 20, "totalImages": 24, "points": 15234, "meanReprojectionError": 0.71},
         "training": {"runpodJobId": "rp-123", "gpuSeconds": 12.5, "costUSD": "0.42"},
-        "outputs": {"artifact": "s3://out/chair.splat", "urlExpiresAt": "2026-11-26T10:00:00Z"},
+        "outputs": {
+            "source": "trained",
+            "gaussians": 1234,
+            "deliveredAt": "2026-11-25T10:30:00Z",
+            "expiresAt": "2026-12-25T10:30:00Z",
+            "artifacts": [
+                {
+                    "format": "splat",
+                    "file": "scene.splat",
+                    "bytes": 39488,
+                    "sha256": "ab" * 32,
+                    "path": "splats/x.splat",
+                    "s3Key": "sharpml/artifacts/x/scene.splat",
+                },
+            ],
+        },
         "conditions": [
             {
                 "type": "Reconstructed",
@@ -313,6 +328,7 @@ def test_kubectl_explain_documents_the_spec(control_plane, sharpjob_crd):
         "observedGeneration",
         "registeredImages",
         "runpodJobId",
-        "urlExpiresAt",
+        "expiresAt",
+        "sha256",
     ]:
         assert field in status
