@@ -1,8 +1,10 @@
-"""A job's delivered files (``splats/<id>.<format>``, :mod:`sharpml.contract.delivery`) as HTTP answers.
+"""A job's delivered files (``splats/<id>.<format>``, :mod:`sharpml.contract.delivery`): opening them,
+their ETags, the byte range a request asks for, and the URL of their S3 backup (no web framework here:
+:mod:`sharpml_api.downloads` turns these into answers).
 
 The data volume is never served as a directory: one file is opened by its server-chosen name, relative to
 directory descriptors and without following a symlink anywhere (as :mod:`sharpml.layout` creates files),
-and streamed from that descriptor, so what was checked is what is sent. The answer carries a strong
+and sent from that descriptor, so what was checked is what is sent. The answer carries a strong
 ``ETag`` (the file's SHA-256, computed once per file version and cached), honours ``If-None-Match`` (304)
 and one byte range (``Range``/``If-Range``: 206, or 416 when unsatisfiable; a list of ranges or a malformed
 header is answered with the whole file, as RFC 9110 allows). When the local copy is gone but the artifact
@@ -19,11 +21,8 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-
-import anyio
-from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from sharpml.contract.delivery import SPLATS_DIR, Artifact
 from sharpml.layout import open_dir
@@ -32,7 +31,6 @@ from sharpml_api.problems import ApiProblem, storage_unavailable
 
 #: Lifetime of the presigned S3 URL a download redirects to (shorter still when the link expires sooner).
 REDIRECT_SECONDS = 300
-_CHUNK = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -42,7 +40,7 @@ def download_name(job_id: str, artifact: Artifact) -> str:
     return f"sharpml-{job_id}.{artifact.format}"
 
 
-class _Fd:
+class Fd:
     """A file descriptor closed exactly once, by whichever of the stream or the response ends first."""
 
     def __init__(self, fd: int) -> None:
@@ -56,7 +54,7 @@ class _Fd:
                 self.fd = None
 
 
-def open_artifact(data_dir: Path, job_id: str, artifact: Artifact) -> tuple[_Fd, os.stat_result] | None:
+def open_artifact(data_dir: Path, job_id: str, artifact: Artifact) -> tuple[Fd, os.stat_result] | None:
     """The local copy of ``artifact`` opened for reading, or None when there is none. A symlink or a
     non-regular file in its place is refused (OSError), never followed or read."""
     name = Path(artifact.local_name(job_id)).name
@@ -76,7 +74,7 @@ def open_artifact(data_dir: Path, job_id: str, artifact: Artifact) -> tuple[_Fd,
     except BaseException:
         os.close(fd)
         raise
-    return _Fd(fd), st
+    return Fd(fd), st
 
 
 class DigestCache:
@@ -107,7 +105,7 @@ class DigestCache:
         return value
 
 
-def _etag_matches(header: str, etag: str) -> bool:
+def etag_matches(header: str, etag: str) -> bool:
     """``If-None-Match`` (weak comparison, RFC 9110 13.1.2): ``*`` or any listed tag equals ``etag``."""
     tags = [t.strip() for t in header.split(",")]
     return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
@@ -151,68 +149,10 @@ def _unsatisfiable(size: int) -> ApiProblem:
     )
 
 
-def _common_headers(job_id: str, artifact: Artifact, etag: str) -> dict[str, str]:
-    return {
-        "ETag": etag,
-        "Cache-Control": "private",
-        "X-Content-Type-Options": "nosniff",
-        "Accept-Ranges": "bytes",
-        "Referrer-Policy": "no-referrer",
-        "Content-Disposition": f'attachment; filename="{download_name(job_id, artifact)}"',
-    }
-
-
-async def _stream(fd: _Fd, start: int, end: int) -> AsyncIterator[bytes]:
-    try:
-        offset = start
-        while offset < end and fd.fd is not None:
-            chunk = await anyio.to_thread.run_sync(os.pread, fd.fd, min(_CHUNK, end - offset), offset)
-            if not chunk:  # truncated while being sent: end the body short rather than pad it
-                return
-            offset += len(chunk)
-            yield chunk
-    finally:
-        fd.close()
-
-
-async def file_response(
-    method: str,
-    headers: Mapping[str, str],
-    job_id: str,
-    artifact: Artifact,
-    opened: tuple[_Fd, os.stat_result],
-    digests: DigestCache,
-) -> Response:
-    """200, 206, 304 or 416 for the opened local copy; the descriptor is closed when the answer ends."""
-    fd, st = opened
-    handed_over = False
-    try:
-        etag = f'"{await anyio.to_thread.run_sync(digests.digest, fd.fd, st)}"'
-        common = _common_headers(job_id, artifact, etag)
-        inm = headers.get("if-none-match")
-        if inm is not None and _etag_matches(inm, etag):
-            return Response(status_code=304, headers=common)
-        span = byte_range(headers, st.st_size, etag)
-        start, end = span or (0, st.st_size)
-        out = {**common, "Content-Length": str(end - start)}
-        if span is not None:
-            out["Content-Range"] = f"bytes {start}-{end - 1}/{st.st_size}"
-        status = 206 if span is not None else 200
-        if method == "HEAD":
-            return Response(status_code=status, headers=out, media_type=artifact.media_type)
-        handed_over = True
-        return StreamingResponse(
-            _stream(fd, start, end), status_code=status, headers=out, media_type=artifact.media_type
-        )
-    finally:
-        if not handed_over:
-            fd.close()
-
-
-def redirect_to_backup(
+def backup_url(
     storage: Storage, job_id: str, artifact: Artifact, not_after: int | None, check: bool
-) -> Response | None:
-    """A 302 to a presigned GET of the S3 backup, or None when there is none (``check``: ask S3 first,
+) -> str | None:
+    """A presigned GET of the artifact's S3 backup, or None when there is none (``check``: ask S3 first,
     for callers that cannot tell from the job's status). The URL never outlives ``not_after``."""
     name = artifact.s3_name(job_id)
     seconds = REDIRECT_SECONDS
@@ -221,13 +161,8 @@ def redirect_to_backup(
     try:
         if check and not storage.exists(name):
             return None
-        url = storage.presign_get(name, seconds)
+        return storage.presign_get(name, seconds)
     except StorageError as exc:
         if exc.reason == "not-found":
             return None
         raise storage_unavailable("the artifact's backup cannot be reached; try again later") from exc
-    return RedirectResponse(
-        url,
-        status_code=302,
-        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
-    )

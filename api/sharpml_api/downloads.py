@@ -10,17 +10,26 @@ Complete and not past its expiry.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import anyio
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from sharpml import contract
 from sharpml.contract import Phase
 from sharpml.contract.delivery import Artifact
 from sharpml_api import jobs
-from sharpml_api.artifacts import file_response, open_artifact, redirect_to_backup
+from sharpml_api.artifacts import (
+    DigestCache,
+    Fd,
+    backup_url,
+    byte_range,
+    download_name,
+    etag_matches,
+    open_artifact,
+)
 from sharpml_api.auth import Principal
 from sharpml_api.grants import check_link
 from sharpml_api.models import epoch_of
@@ -66,14 +75,77 @@ async def download(
         entry = _entry(obj, artifact)
         backed_up = bool(entry and entry.get("s3Key"))
     if backed_up is not False:
-        redirect = await anyio.to_thread.run_sync(
-            lambda: redirect_to_backup(st.storage(), name, artifact, not_after, backed_up is None)
+        url = await anyio.to_thread.run_sync(
+            lambda: backup_url(st.storage(), name, artifact, not_after, backed_up is None)
         )
-        if redirect is not None:
-            return redirect
+        if url is not None:
+            return RedirectResponse(
+                url, status_code=302, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+            )
     if link is not None:  # the link proves it was delivered: it has been removed since
         raise _gone(name, artifact, "is no longer stored (removed by retention)")
     raise _absent(name, artifact, "is no longer stored here nor in the backup")
+
+
+_CHUNK = 256 * 1024
+
+
+def _common_headers(job_id: str, artifact: Artifact, etag: str) -> dict[str, str]:
+    return {
+        "ETag": etag,
+        "Cache-Control": "private",
+        "X-Content-Type-Options": "nosniff",
+        "Accept-Ranges": "bytes",
+        "Referrer-Policy": "no-referrer",
+        "Content-Disposition": f'attachment; filename="{download_name(job_id, artifact)}"',
+    }
+
+
+async def _stream(fd: Fd, start: int, end: int) -> AsyncIterator[bytes]:
+    try:
+        offset = start
+        while offset < end and fd.fd is not None:
+            chunk = await anyio.to_thread.run_sync(os.pread, fd.fd, min(_CHUNK, end - offset), offset)
+            if not chunk:  # truncated while being sent: end the body short rather than pad it
+                return
+            offset += len(chunk)
+            yield chunk
+    finally:
+        fd.close()
+
+
+async def file_response(
+    method: str,
+    headers: Mapping[str, str],
+    job_id: str,
+    artifact: Artifact,
+    opened: tuple[Fd, os.stat_result],
+    digests: DigestCache,
+) -> Response:
+    """200, 206, 304 or 416 for the opened local copy; the descriptor is closed when the answer ends."""
+    fd, st = opened
+    handed_over = False
+    try:
+        etag = f'"{await anyio.to_thread.run_sync(digests.digest, fd.fd, st)}"'
+        common = _common_headers(job_id, artifact, etag)
+        inm = headers.get("if-none-match")
+        if inm is not None and etag_matches(inm, etag):
+            return Response(status_code=304, headers=common)
+        span = byte_range(headers, st.st_size, etag)
+        start, end = span or (0, st.st_size)
+        out = {**common, "Content-Length": str(end - start)}
+        if span is not None:
+            out["Content-Range"] = f"bytes {start}-{end - 1}/{st.st_size}"
+        status = 206 if span is not None else 200
+        if method == "HEAD":
+            return Response(status_code=status, headers=out, media_type=artifact.media_type)
+        handed_over = True
+        return StreamingResponse(
+            _stream(fd, start, end), status_code=status, headers=out, media_type=artifact.media_type
+        )
+    finally:
+        if not handed_over:
+            fd.close()
 
 
 def _entry(obj: jobs.Job, artifact: Artifact) -> dict | None:
