@@ -25,10 +25,6 @@ class Grant:
 
     expires: int | None = None
 
-    @property
-    def by_link(self) -> bool:
-        return self.expires is not None
-
 
 OWNER = Grant()
 

@@ -23,8 +23,9 @@ from sharpml.contract import OWNER_LABEL, owner_label
 from sharpml.contract.delivery import ARTIFACTS
 from sharpml.links import LinkSettings
 from sharpml.storage import S3Settings, Storage
-from tests.api.conftest import LINK_TTL_SECONDS, asgi_client, bearer, patch_status
+from tests.api.conftest import LINK_TTL_SECONDS, asgi_client, bearer, multipart, patch_status
 from tests.api.test_uploads import assert_problem
+from tests.core.photos import photo_set
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
@@ -415,6 +416,30 @@ async def test_a_view_link_grants_that_jobs_status_events_and_page_only(
     page = await api.get(f"/v1/jobs/{name}/view", headers=bearer(OWNER))
     assert page.status_code == 200 and "content-security-policy" in page.headers
     assert_problem(await api.get(f"/v1/jobs/{name}/view", headers=bearer("acct-other")), 404, "not-found")
+
+
+async def test_a_share_links_event_stream_ends_when_the_link_expires(api, settings, control_plane, namespace):
+    name = make_job(control_plane, namespace)
+    patch_status(control_plane, namespace, name, {"phase": "Reconstructing", "progress": {"percent": 30}})
+    exp = int(time.time()) + 2
+    params = links.sign(settings.links.keys, name, "view", exp)
+    started = time.monotonic()
+    resp = await api.get(f"/v1/jobs/{name}/events", params=params)  # keep-alive is 15 s: not what ends it
+    assert resp.status_code == 200 and resp.text.count("event: status") == 1
+    assert time.time() >= exp and time.monotonic() - started < 10
+    status = json.loads(resp.text.split("data: ", 1)[1].split("\n", 1)[0])
+    assert int(query(status["links"]["view"])["exp"]) <= exp and status["links"]["artifacts"] is None
+
+
+async def test_an_upload_answer_carries_its_share_link(api, settings, tmp_path):
+    resp = await api.post("/v1/jobs", headers=bearer(OWNER), **multipart(photo_set(tmp_path)))
+    assert resp.status_code == 201, resp.text
+    created = resp.json()
+    view = created["links"]["view"]
+    assert view.startswith(f"http://api.test/v1/jobs/{created['id']}/view?")
+    async with asgi_client(settings) as stranger:
+        shared = await stranger.get(f"/v1/jobs/{created['id']}?{urlsplit(view).query}")
+    assert shared.status_code == 200 and shared.json()["phase"] == "Pending"
 
 
 async def test_viewer_assets_are_files_never_listings(api, settings):

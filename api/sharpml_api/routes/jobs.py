@@ -106,7 +106,7 @@ async def delete_job(st: State, who: Caller, job: OwnedJob, base: BaseUrl) -> Re
 async def job_events(st: State, seen: ViewableJob, base: BaseUrl) -> StreamingResponse:
     """For its owner, or read-only with a share link of the job. The links in the events all expire when
     those minted as the stream opened do (never past the share link's own expiry), so an event is sent
-    only when the job changed, not because a signature did."""
+    only when the job changed, not because a signature did. A share link's stream ends when it expires."""
     keys = st.settings.links
     grant = seen.grant.expires
     not_after = keys.expiry() if grant is None else min(grant, keys.expiry())
@@ -114,7 +114,7 @@ async def job_events(st: State, seen: ViewableJob, base: BaseUrl) -> StreamingRe
     def view(obj: dict) -> JobStatus:
         return JobStatus.from_resource(obj, Links.for_job(base, obj, keys, not_after))
 
-    stream = events.status_stream(st.cluster, seen.job, view, st.settings.sse_keepalive_seconds)
+    stream = events.status_stream(st.cluster, seen.job, view, st.settings.sse_keepalive_seconds, grant)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
