@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 
 import anyio
+from starlette.background import BackgroundTask
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from sharpml import contract
@@ -141,7 +142,11 @@ async def file_response(
             return Response(status_code=status, headers=out, media_type=artifact.media_type)
         handed_over = True
         return StreamingResponse(
-            _stream(fd, start, end), status_code=status, headers=out, media_type=artifact.media_type
+            _stream(fd, start, end),
+            status_code=status,
+            headers=out,
+            media_type=artifact.media_type,
+            background=BackgroundTask(fd.close),  # also when the body was never started
         )
     finally:
         if not handed_over:
