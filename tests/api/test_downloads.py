@@ -281,6 +281,7 @@ async def test_owner_downloads_without_a_link(api, settings, control_plane, name
     assert "retention" in body["detail"]
 
 
+@pytest.mark.s3
 async def test_a_link_outlives_the_sharpjob_while_the_file_is_kept(
     api, settings_for, control_plane, namespace, s3_server
 ):
