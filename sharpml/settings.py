@@ -338,13 +338,13 @@ SETTINGS: tuple[Setting, ...] = (
         "api",
     ),
     # Signed links (sharpml.links): the API verifies them and mints them in answers, the operator mints the
-    # ones its notifications carry; both need the same keys and the same public URL.
+    # ones its notifications carry; both need the same keys (core: the chart gives them to both containers).
     Setting(
         "SHARPML_LINK_KEYS",
         "secret",
         "",
         "`kid:secret,...` HMAC keys of signed links, 32+ bytes each; the first signs, all verify (rotation)",
-        "api",
+        "core",
         shown="none: no links are issued",
     ),
     Setting(
@@ -352,7 +352,7 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         7 * 24 * 3600,
         "how long a signed download or share link works (never past the artifact's expiry)",
-        "api",
+        "core",
         60,
         90 * 24 * 3600,
     ),
@@ -576,25 +576,26 @@ SETTINGS: tuple[Setting, ...] = (
         "operator",
         0,
     ),
-    # The object store between the operator and the GPU worker (sharpml.storage): scenes go up,
-    # results come back, through presigned URLs so that the worker holds no credentials.
+    # The object store (sharpml.storage): between the operator and the GPU worker (scenes go up, results
+    # come back, through presigned URLs so that the worker holds no credentials), and the artifacts' backup
+    # that the API serves through redirects to presigned URLs: core, so both containers get them.
     Setting(
         "SHARPML_S3_ENDPOINT",
         "str",
         "",
         "S3 endpoint URL (`https://...`; a MinIO, versitygw, R2 ...)",
-        "operator",
+        "core",
         shown="AWS S3",
     ),
-    Setting("SHARPML_S3_REGION", "str", "us-east-1", "S3 region (signs requests and URLs)", "operator"),
-    Setting("SHARPML_S3_BUCKET", "str", "sharpml", "bucket of the jobs' objects", "operator"),
-    Setting("SHARPML_S3_PREFIX", "str", "sharpml/", "key prefix of every object SharpML writes", "operator"),
+    Setting("SHARPML_S3_REGION", "str", "us-east-1", "S3 region (signs requests and URLs)", "core"),
+    Setting("SHARPML_S3_BUCKET", "str", "sharpml", "bucket of the jobs' objects", "core"),
+    Setting("SHARPML_S3_PREFIX", "str", "sharpml/", "key prefix of every object SharpML writes", "core"),
     Setting(
         "SHARPML_S3_ACCESS_KEY_ID",
         "secret",
         "",
         "S3 access key id",
-        "operator",
+        "core",
         shown="boto3's credential chain",
     ),
     Setting(
@@ -602,7 +603,7 @@ SETTINGS: tuple[Setting, ...] = (
         "secret",
         "",
         "S3 secret access key (set with the key id, or neither)",
-        "operator",
+        "core",
         shown="boto3's credential chain",
     ),
     Setting(
@@ -610,7 +611,7 @@ SETTINGS: tuple[Setting, ...] = (
         "path",
         None,
         "PEM file of the CAs trusted for the endpoint",
-        "operator",
+        "core",
         shown="the system's",
     ),
     Setting(
@@ -618,7 +619,7 @@ SETTINGS: tuple[Setting, ...] = (
         "choice",
         "AES256",
         "server-side encryption every object SharpML writes asks for (`AES256`: SSE-S3, `aws:kms`: SSE-KMS)",
-        "operator",
+        "core",
         choices=("AES256", "aws:kms", "none"),
     ),
     Setting(
@@ -626,7 +627,7 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "",
         "KMS key of `aws:kms` (empty: the bucket's AWS-managed key)",
-        "operator",
+        "core",
     ),
     # --- the operator's Delivering stage and what it keeps (sharpml.contract.delivery) ---------------------
     Setting(

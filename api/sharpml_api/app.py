@@ -13,12 +13,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from sharpml.layout import DataDir
-from sharpml_api import API_VERSION, errors, models, problems
+from sharpml_api import API_VERSION, errors, models, problems, viewer
 from sharpml_api.auth import JOB_TOKEN_HEADER
 from sharpml_api.cluster import Cluster, api_client
 from sharpml_api.metrics import Metrics, MetricsMiddleware
 from sharpml_api.ratelimit import LeaseRateLimiter
-from sharpml_api.routes import health, jobs
+from sharpml_api.routes import delivery, health, jobs
 from sharpml_api.settings import Settings
 from sharpml_api.state import AppState
 from sharpml_api.sweep import sweep_leftovers
@@ -96,13 +96,15 @@ def create_app(
     app.state.sharpml = state
     errors.install(app)
     app.include_router(jobs.router)
+    app.include_router(delivery.router)
     app.include_router(health.router)
+    app.mount(viewer.ASSETS_PATH, viewer.ViewerAssets(settings.s3), name="viewer")
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
-        allow_methods=["GET", "POST", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", JOB_TOKEN_HEADER],
-        expose_headers=["Location", "Retry-After"],
+        allow_methods=["GET", "HEAD", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Range", "If-None-Match", JOB_TOKEN_HEADER],
+        expose_headers=["Location", "Retry-After", "ETag", "Content-Range", "Content-Disposition"],
         max_age=600,
     )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)

@@ -1,20 +1,24 @@
 """The FastAPI dependencies routes share: the process state, the caller, their address, the base of
-the URLs in answers, the caller's job named in the path, and an upload as the submit service takes
-it. The next routes (downloads, viewer) declare the same ones: ``job: OwnedJob`` is a job the caller
-may see, or the request has already been answered 404.
+the URLs in answers, the caller's job named in the path, a signed link's parameters, and an upload as
+the submit service takes it. ``job: OwnedJob`` is a job the caller owns, ``job: ViewableJob`` one the
+caller owns or holds a share link of (:mod:`sharpml_api.grants`); otherwise the request has already
+been answered (404, or 403/410 for a bad link).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from starlette.requests import ClientDisconnect
 
+from sharpml.contract.delivery import VIEW_SCOPE
 from sharpml_api import jobs
 from sharpml_api.auth import JOB_TOKEN_HEADER, Principal, unauthorized, verify_token
 from sharpml_api.client_ip import client_ip
+from sharpml_api.grants import OWNER, Grant, check_link, link_params
 from sharpml_api.problems import field_problem
 from sharpml_api.state import AppState
 from sharpml_api.submit import UploadRequest
@@ -84,6 +88,38 @@ async def owned_job(job_id: str, who: Caller, st: State) -> jobs.Job:
 
 
 OwnedJob = Annotated[jobs.Job, Depends(owned_job)]
+
+
+def signed_link(
+    exp: Annotated[str | None, Query(description="Signed link: expiry (Unix seconds).")] = None,
+    kid: Annotated[str | None, Query(description="Signed link: id of the key that signed it.")] = None,
+    sig: Annotated[str | None, Query(description="Signed link: signature.")] = None,
+) -> dict[str, str] | None:
+    """The parameters of a signed link in the query (documented on the routes that accept one), or None."""
+    return link_params({k: v for k, v in (("exp", exp), ("kid", kid), ("sig", sig)) if v is not None})
+
+
+SignedLink = Annotated[dict[str, str] | None, Depends(signed_link)]
+
+
+@dataclass(frozen=True)
+class Viewable:
+    """A job the request may read, and on what grant (its owner's, or a share link's until its expiry)."""
+
+    job: jobs.Job
+    grant: Grant
+
+
+async def viewable_job(job_id: str, request: Request, st: State, link: SignedLink) -> Viewable:
+    """The path's job read by its owner or through a ``view`` link of that job (read-only). A request
+    carrying a link is judged by it alone: 403/410 when it is not good, whatever else it carries."""
+    if link is not None:
+        grant = check_link(st.settings.links, jobs.job_name(job_id), VIEW_SCOPE, link)
+        return Viewable(await jobs.any_job(st, job_id), grant)
+    return Viewable(await jobs.owned_job(st, await caller(request, st), job_id), OWNER)
+
+
+ViewableJob = Annotated[Viewable, Depends(viewable_job)]
 
 
 async def _chunks(request: Request) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -83,8 +84,10 @@ async def status_stream(
     obj: dict[str, Any],
     view: Callable[[dict[str, Any]], BaseModel],
     keepalive: int,
+    until: float | None = None,
 ) -> AsyncIterator[str]:
-    """``status`` now, then on every change; ``deleted`` when gone. Ends once the job has finished."""
+    """``status`` now, then on every change; ``deleted`` when gone. Ends once the job has finished, or
+    at ``until`` (Unix seconds: when the share link it was opened with expires)."""
     name = obj["metadata"]["name"]
     yield "retry: 3000\n\n" + sse("status", view(obj).model_dump_json(), obj["metadata"]["resourceVersion"])
     if _finished(obj):
@@ -106,9 +109,10 @@ async def status_stream(
     thread.start()
     last = view(obj).model_dump_json()
     try:
-        while True:
+        while until is None or time.time() < until:
+            wait = keepalive if until is None else min(keepalive, until - time.time())
             try:
-                kind, current = await asyncio.wait_for(queue.get(), keepalive)
+                kind, current = await asyncio.wait_for(queue.get(), max(wait, 0.01))
             except TimeoutError:
                 yield ": keep-alive\n\n"  # also how a vanished client is noticed (the write fails)
                 continue

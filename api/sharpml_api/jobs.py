@@ -38,15 +38,25 @@ async def cluster_call(fn: Callable[..., Any], *args: Any) -> Any:
         raise cluster_unavailable("the job store is unavailable; try again later") from None
 
 
-async def owned_job(st: AppState, who: Principal, job_id: str) -> Job:
-    """The caller's job, or 404 (also for other owners' jobs: their existence is not revealed)."""
+def job_name(job_id: str) -> str:
+    """The canonical id (the SharpJob's name) of a path's job id; 404 when it is not one."""
     try:
-        name = parse_job_id(job_id)
+        return parse_job_id(job_id)
     except ValueError:
         raise not_found(job_id) from None
-    obj = await cluster_call(st.cluster.get_job, name)
+
+
+async def any_job(st: AppState, job_id: str) -> Job:
+    """The SharpJob ``job_id`` whoever owns it (a signed link proved the grant), or 404."""
+    obj = await cluster_call(st.cluster.get_job, job_name(job_id))
     if obj is None:
         raise not_found(job_id)
+    return obj
+
+
+async def owned_job(st: AppState, who: Principal, job_id: str) -> Job:
+    """The caller's job, or 404 (also for other owners' jobs: their existence is not revealed)."""
+    obj = await any_job(st, job_id)
     digest = (obj.get("metadata", {}).get("annotations") or {}).get(TOKEN_ANNOTATION)
     if not may_access(who, obj.get("spec", {}).get("owner", ""), digest):
         raise not_found(job_id)

@@ -9,13 +9,17 @@ validation of the CRD remains the final word.
 from __future__ import annotations
 
 import re
+import time
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from sharpml import contract
+from sharpml import contract, links
 from sharpml.contract import TERMINAL, Phase
+from sharpml.contract.delivery import ARTIFACTS, VIEW_SCOPE
+from sharpml.links import LinkSettings
 from sharpml_api.problems import ApiProblem, ProblemItem, field_problem
 
 _TERMINAL_NAMES = [p.value for p in Phase if p in TERMINAL]
@@ -129,13 +133,87 @@ class JobOptions(BaseModel):
         return spec
 
 
+class ArtifactLink(BaseModel):
+    """One delivered format behind a signed download link."""
+
+    url: str = Field(description="Signed download URL (works without other credentials until expires_at).")
+    bytes: int | None = Field(None, description="Size of the file.")
+    sha256: str | None = Field(None, description="SHA-256 of the file (hex); also its ETag.")
+    media_type: str = Field(description="The Content-Type it is served with.")
+
+
 class Links(BaseModel):
+    """Where the job can be read, and, when the server has link keys (SHARPML_LINK_KEYS), signed links:
+    a share link of the viewer page and, once Complete, one download link per format. Signed afresh on
+    every answer; absent (null) when the server has no link keys."""
+
     status: str = Field(description="URL of this job's status.")
     events: str = Field(description="URL of this job's server-sent events.")
+    view: str | None = Field(
+        None,
+        description="Signed share link of the viewer page (live progress, then the splat): whoever holds it "
+        "may read this job's status and events until expires_at, with no account.",
+    )
+    artifacts: dict[str, ArtifactLink] | None = Field(
+        None, description="Once Complete: signed download links by format (splat, ply, spz)."
+    )
+    expires_at: str | None = Field(
+        None, description="When the signed links stop working (RFC 3339); never after the artifacts' expiry."
+    )
 
     @classmethod
     def of(cls, base_url: str, job_id: str) -> Links:
         return cls(status=f"{base_url}/v1/jobs/{job_id}", events=f"{base_url}/v1/jobs/{job_id}/events")
+
+    @classmethod
+    def for_job(
+        cls, base_url: str, obj: dict[str, Any], keys: LinkSettings, not_after: int | None = None
+    ) -> Links:
+        """The links of job ``obj``, signed now; none outlives ``not_after`` (the expiry of the link the
+        caller came with: a share link is never extended) nor the artifacts' ``expiresAt``."""
+        job_id = obj["metadata"]["name"]
+        plain = cls.of(base_url, job_id)
+        if not keys.enabled:
+            return plain
+        status = contract.JobStatus.of(obj)
+        limits = [t for t in (not_after, epoch_of(status.outputs.get("expiresAt"))) if t is not None]
+        exp = keys.expiry(not_after=min(limits) if limits else None)
+        if exp <= time.time():
+            return plain
+        artifacts = None
+        if status.phase == Phase.COMPLETE:
+            artifacts = {
+                entry["format"]: ArtifactLink(
+                    url=links.url(base_url, job_id, ARTIFACTS[entry["format"]].filename, keys.keys, exp),
+                    bytes=entry.get("bytes"),
+                    sha256=entry.get("sha256"),
+                    media_type=ARTIFACTS[entry["format"]].media_type,
+                )
+                for entry in status.outputs.get("artifacts") or []
+                if isinstance(entry, dict) and entry.get("format") in ARTIFACTS
+            }
+        return plain.model_copy(
+            update={
+                "view": links.url(base_url, job_id, VIEW_SCOPE, keys.keys, exp),
+                "artifacts": artifacts,
+                "expires_at": _rfc3339(exp),
+            }
+        )
+
+
+def epoch_of(value: Any) -> int | None:
+    """Unix seconds of an RFC 3339 time from the status (None when absent or unreadable)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+
+
+def _rfc3339(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Progress(BaseModel):
@@ -171,34 +249,13 @@ class SfmSummary(BaseModel):
     mean_reprojection_error: float | None = None
 
 
-class ArtifactOut(BaseModel):
-    format: str = Field(description="splat, ply or spz.")
-    file: str = Field(description="The download's file name (scene.splat).")
-    bytes: int
-    sha256: str
+class Delivery(BaseModel):
+    """What a Complete job delivered (the download links are in ``links.artifacts``)."""
 
-
-class Outputs(BaseModel):
-    """What was delivered (status.outputs; where it is stored stays inside SharpML)."""
-
-    source: str | None = Field(None, description="trained, or preview when training was off.")
+    source: str | None = Field(None, description="trained, or preview (the SfM preview splat).")
     gaussians: int | None = None
-    delivered_at: str | None = Field(None, description="When the artifacts were stored (RFC 3339).")
-    expires_at: str | None = Field(None, description="When they are deleted; no link works after (RFC 3339).")
-    artifacts: list[ArtifactOut] = Field(default_factory=list)
-
-    @classmethod
-    def read(cls, outputs: dict[str, Any]) -> Outputs:
-        return cls(
-            source=outputs.get("source"),
-            gaussians=outputs.get("gaussians"),
-            delivered_at=outputs.get("deliveredAt"),
-            expires_at=outputs.get("expiresAt"),
-            artifacts=[
-                ArtifactOut(format=a["format"], file=a["file"], bytes=a["bytes"], sha256=a["sha256"])
-                for a in outputs.get("artifacts") or []
-            ],
-        )
+    delivered_at: str | None = Field(None, description="When it was delivered (RFC 3339).")
+    expires_at: str | None = Field(None, description="When the artifacts are deleted (RFC 3339).")
 
 
 class JobStatus(BaseModel):
@@ -216,7 +273,7 @@ class JobStatus(BaseModel):
     processing: Processing
     training: Training
     sfm: SfmSummary | None = None
-    outputs: Outputs | None = None
+    outputs: Delivery | None = None
     deleting: bool = Field(False, description="True while the job is being deleted.")
     links: Links
 
@@ -261,7 +318,14 @@ class JobStatus(BaseModel):
             )
             if sfm
             else None,
-            outputs=Outputs.read(outputs) if outputs else None,
+            outputs=Delivery(
+                source=outputs.get("source"),
+                gaussians=outputs.get("gaussians"),
+                delivered_at=outputs.get("deliveredAt"),
+                expires_at=outputs.get("expiresAt"),
+            )
+            if outputs
+            else None,
             deleting=bool(meta.get("deletionTimestamp")),
             links=links,
         )

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from sharpml.config import ConfigError, IntakeLimits, default_data_dir
+from sharpml.links import LinkSettings
 from sharpml.settings import value
+from sharpml.storage import S3Settings
 
 #: Algorithms a token may be signed with. ``none`` is never accepted, whatever is configured.
 SYMMETRIC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -154,6 +156,10 @@ class Settings:
     upload_idle_seconds: int = setting("SHARPML_UPLOAD_IDLE_SECONDS")
     uploads_per_ip_concurrent: int = setting("SHARPML_UPLOADS_PER_IP_CONCURRENT")
     webhook_allowed_hosts: tuple[str, ...] = setting("SHARPML_WEBHOOK_ALLOWED_HOSTS", _lower)
+    #: Signed links (downloads, share links): the same keys as the operator's; none: no links issued.
+    links: LinkSettings = field(default_factory=lambda: LinkSettings.from_env({}))
+    #: Where artifacts are backed up; a download whose local copy is gone redirects there.
+    s3: S3Settings = field(default_factory=lambda: S3Settings.from_env({}))
     log_level: str = setting("SHARPML_LOG_LEVEL")
 
     @classmethod
@@ -167,6 +173,8 @@ class Settings:
             limits=IntakeLimits.from_env(env),
             jwt=JwtSettings.from_env(env),
             rate_limits=RateLimits(**read_fields(RateLimits, env)),
+            links=LinkSettings.from_env(env),
+            s3=S3Settings.from_env(env),
         )
         settings.check()
         return settings

@@ -214,7 +214,7 @@ async def _receive_and_create(
     return JobCreated(
         id=job_id,
         image_count=len(result.images),
-        links=Links.of(upload.base_url, job_id),
+        links=Links.for_job(upload.base_url, {"metadata": {"name": job_id}}, st.settings.links),
         job_token=token,
     )
 

@@ -26,12 +26,16 @@ from sharpml_api.app import create_app
 from sharpml_api.settings import JwtSettings, RateLimits, Settings
 
 from sharpml.config import MB, IntakeLimits
+from sharpml.links import LinkSettings, parse_keys
 from tests.conftest import ControlPlane
 
 ISSUER = "https://auth.sharpml.test/"
 AUDIENCE = "sharpml-api"
 HS_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 CLIENT_IP = "203.0.113.7"
+#: The signed links' keys: "new" signs, "old" still verifies (a rotation in progress).
+LINK_KEYS = "new:link-key-new-0123456789abcdefghijklmnop,old:link-key-old-0123456789abcdefghijklmnop"
+LINK_TTL_SECONDS = 3600
 #: Small limits so that tests exercise them with small photos.
 TEST_LIMITS = IntakeLimits(max_file_bytes=1 * MB, max_set_bytes=3 * MB, min_images=5, max_images=8)
 
@@ -106,6 +110,7 @@ def settings_for(
             allowed_hosts=("api.test", "testserver", "api", "127.0.0.1", "localhost"),
             # Webhook hosts are resolved at submission; this machine may have no DNS.
             webhook_allowed_hosts=("hooks.example.com",),
+            links=LinkSettings(keys=parse_keys(LINK_KEYS), ttl_seconds=LINK_TTL_SECONDS),
         )
         return dataclasses.replace(base, **overrides)
 
@@ -195,6 +200,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "SHARPML_UPLOAD_IDLE_SECONDS": str(settings.upload_idle_seconds),
         "SHARPML_UPLOADS_PER_IP_CONCURRENT": str(settings.uploads_per_ip_concurrent),
         "SHARPML_WEBHOOK_ALLOWED_HOSTS": ",".join(settings.webhook_allowed_hosts),
+        "SHARPML_LINK_KEYS": ",".join(f"{k.kid}:{k.secret.decode()}" for k in settings.links.keys),
+        "SHARPML_LINK_TTL_SECONDS": str(settings.links.ttl_seconds),
         "SHARPML_LOG_LEVEL": "warning",
     }
 

@@ -19,7 +19,8 @@ import pytest
 from sharpml_api import submit
 from sharpml_api.settings import RateLimits
 
-from tests.api.conftest import asgi_client, bearer, left_behind, make_token, multipart, sharpjobs
+from sharpml.links import parse_keys, sign
+from tests.api.conftest import LINK_KEYS, asgi_client, bearer, left_behind, make_token, multipart, sharpjobs
 from tests.api.test_uploads import assert_problem
 from tests.core.photos import photo_set
 
@@ -43,7 +44,11 @@ def _closed_port() -> int:
 
 
 def _requests(photos: dict) -> list[tuple[str, str, dict]]:
-    """One request for every /v1 route (and both kinds of caller for uploads)."""
+    """One request for every /v1 route (both kinds of caller for uploads; owner and signed link for the
+    reads a share link grants, and a signed download whose file is not on the volume)."""
+    keys, exp = parse_keys(LINK_KEYS), int(time.time()) + 600
+    view = {"params": sign(keys, JOB, "view", exp)}
+    download = {"params": sign(keys, JOB, "scene.splat", exp)}
     return [
         ("POST", "/v1/jobs", {"headers": bearer(), **photos}),
         ("POST", "/v1/jobs", photos),  # anonymous
@@ -51,6 +56,11 @@ def _requests(photos: dict) -> list[tuple[str, str, dict]]:
         ("GET", f"/v1/jobs/{JOB}", {"headers": bearer()}),
         ("GET", f"/v1/jobs/{JOB}/events", {"headers": bearer()}),
         ("DELETE", f"/v1/jobs/{JOB}", {"headers": bearer()}),
+        ("GET", f"/v1/jobs/{JOB}", view),
+        ("GET", f"/v1/jobs/{JOB}/events", view),
+        ("GET", f"/v1/jobs/{JOB}/view", {"headers": bearer()}),
+        ("GET", f"/v1/jobs/{JOB}/artifacts/scene.splat", {"headers": bearer()}),
+        ("GET", f"/v1/jobs/{JOB}/artifacts/scene.splat", download),
     ]
 
 

@@ -10,11 +10,14 @@ be replayed with that seed).
 
 The by-id operations reach real jobs too: about half of the generated job ids are replaced by the id
 of a finished SharpJob of the caller (a fresh one for each DELETE), so the 200/202/204 answers and
-their bodies are checked as well as the 404s.
+their bodies are checked as well as the 404s. That job is Complete with its artifacts on the data
+volume, so downloads answer 200/206/304/416 with generated Range and If-None-Match headers, and the
+generated exp/kid/sig of signed links are refused (403) without a 5xx.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 import zlib
@@ -28,6 +31,7 @@ from sharpml_api.app import create_app
 from sharpml_api.settings import RateLimits, Settings
 
 from sharpml.contract import GROUP, KIND, OWNER_LABEL, PLURAL, VERSION, owner_label
+from sharpml.contract.delivery import ARTIFACTS
 from tests.api.conftest import bearer
 
 pytestmark = [pytest.mark.cluster]
@@ -63,6 +67,7 @@ class Jobs:
         client = kubernetes.config.new_client_from_config(config_file=settings.kubeconfig)
         self.api = kubernetes.client.CustomObjectsApi(client)
         self.namespace = settings.namespace
+        self.data_dir = settings.data_dir
         self.finished = self.make()
 
     def make(self) -> str:
@@ -81,25 +86,27 @@ class Jobs:
             "timestamps": {"finishedAt": "2026-01-01T00:00:00Z"},
             "sfm": {"registeredImages": 5, "totalImages": 5, "points": 1200, "meanReprojectionError": 0.6},
             "outputs": {
-                "source": "preview",
-                "gaussians": 1200,
+                "source": "trained",
                 "deliveredAt": "2026-01-01T00:00:00Z",
-                "expiresAt": "2026-01-31T00:00:00Z",
-                "artifacts": [
-                    {
-                        "format": "splat",
-                        "file": "scene.splat",
-                        "bytes": 38400,
-                        "sha256": "0" * 64,
-                        "path": f"splats/{name}.splat",
-                    }
-                ],
+                "expiresAt": "2099-01-01T00:00:00Z",
+                "artifacts": [self._deliver(name, a.format) for a in ARTIFACTS.values()],
             },
         }
         self.api.patch_namespaced_custom_object_status(
             GROUP, VERSION, self.namespace, PLURAL, name, {"status": status}
         )
         return name
+
+    def _deliver(self, name: str, fmt: str) -> dict:
+        """An artifact on the data volume as the Delivering stage leaves it, and its status entry."""
+        data = f"{fmt} of {name}\n".encode() * 100
+        path = self.data_dir / ARTIFACTS[fmt].local_name(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        artifact = ARTIFACTS[fmt]
+        return {"format": fmt, "file": artifact.filename, "bytes": len(data), "sha256": digest,
+                "path": artifact.local_name(name)}  # fmt: skip
 
 
 @pytest.fixture

@@ -71,7 +71,8 @@ def probe(image: str) -> tuple[list[str], list[str]]:
     [
         (
             "api",
-            {"fastapi", "kubernetes", "PIL", "magic", "prometheus_client"},
+            # boto3: presigned URLs of the artifacts' S3 backup (downloads redirect to them).
+            {"fastapi", "kubernetes", "PIL", "magic", "prometheus_client", "boto3"},
             {"kopf", "numpy", "pycolmap", "torch"},
         ),
         (

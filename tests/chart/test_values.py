@@ -222,6 +222,20 @@ def test_rbac_is_least_privilege(helm: Helm, rendered: list[dict[str, Any]]) -> 
     assert [d for d in wide if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-operator")]
 
 
+def test_link_keys_and_s3_reach_both_containers(helm: Helm) -> None:
+    """The API verifies the links the operator's notifications carry, and redirects to the backups the
+    operator makes: one Secret key and one setting each, in both containers."""
+    docs = helm.template(
+        "secrets.core.SHARPML_LINK_KEYS=k1:" + "x" * 32, "settings.core.SHARPML_S3_BUCKET=scenes"
+    )
+    assert set(find(docs, "Secret")["data"]) == {"SHARPML_LINK_KEYS"}
+    for name in ("-api", "-operator"):
+        env = container_env(find(docs, "Deployment", name))
+        assert env["SHARPML_LINK_KEYS"]["valueFrom"]["secretKeyRef"]["key"] == "SHARPML_LINK_KEYS", name
+        assert env["SHARPML_S3_BUCKET"]["value"] == "scenes", name
+        assert "SHARPML_S3_SECRET_ACCESS_KEY" in env and "SHARPML_LINK_TTL_SECONDS" in env, name
+
+
 def test_secrets_from_values_or_an_existing_secret(helm: Helm) -> None:
     docs = helm.template("secrets.api.SHARPML_JWT_SECRET=s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t")
     secret = find(docs, "Secret")
@@ -236,6 +250,8 @@ def test_network_policies(rendered: list[dict[str, Any]]) -> None:
     api = find(rendered, "NetworkPolicy", "-api")["spec"]
     assert api["policyTypes"] == ["Ingress", "Egress"]
     assert api["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    # S3 (downloads of backed-up artifacts), besides DNS and the apiserver.
+    assert {p["port"] for rule in api["egress"] for p in rule["ports"]} == {53, 443, 6443}
     operator = find(rendered, "NetworkPolicy", "-operator")["spec"]
     assert operator["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
     ports = {p["port"] for rule in operator["egress"] for p in rule["ports"]}

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from sharpml_api import events, jobs
 from sharpml_api.auth import unauthorized
-from sharpml_api.deps import BaseUrl, Caller, OwnedJob, State, Upload
+from sharpml_api.deps import BaseUrl, Caller, OwnedJob, State, Upload, ViewableJob
 from sharpml_api.models import EVENT_SCHEMA, UPLOAD_REQUEST_BODY, JobCreated, JobList, JobStatus, Links
 from sharpml_api.problems import responses
 from sharpml_api.submit import submit
@@ -41,10 +41,12 @@ async def create_job(st: State, upload: Upload) -> JSONResponse:
     "/jobs/{job_id}",
     response_model=JobStatus,
     summary="A job's status",
-    responses=responses(400, 401, 404, 503),
+    responses=responses(400, 401, 403, 404, 410, 503),
 )
-async def get_job(job: OwnedJob, base: BaseUrl) -> JobStatus:
-    return JobStatus.from_resource(job, Links.of(base, job["metadata"]["name"]))
+async def get_job(st: State, seen: ViewableJob, base: BaseUrl) -> JobStatus:
+    """For its owner, or read-only with a share link of the job (`links.view`'s exp, kid and sig)."""
+    links = Links.for_job(base, seen.job, st.settings.links, seen.grant.expires)
+    return JobStatus.from_resource(seen.job, links)
 
 
 @router.get(
@@ -65,7 +67,7 @@ async def list_jobs(
             "listing jobs needs an account; anonymous jobs are read one by one with X-Job-Token"
         )
     page, next_cursor = await jobs.list_owned(st, who, limit, cursor)
-    items = [JobStatus.from_resource(o, Links.of(base, o["metadata"]["name"])) for o in page]
+    items = [JobStatus.from_resource(o, Links.for_job(base, o, st.settings.links)) for o in page]
     return JobList(items=items, next_cursor=next_cursor)
 
 
@@ -98,14 +100,21 @@ async def delete_job(st: State, who: Caller, job: OwnedJob, base: BaseUrl) -> Re
             "description": "`event: status` with a JobStatus as data on every change; "
             "`event: deleted` when the job is gone. Ends once the job has finished.",
         },
-        **responses(400, 401, 404, 503),
+        **responses(400, 401, 403, 404, 410, 503),
     },
 )
-async def job_events(st: State, job: OwnedJob, base: BaseUrl) -> StreamingResponse:
-    links = Links.of(base, job["metadata"]["name"])
-    stream = events.status_stream(
-        st.cluster, job, lambda o: JobStatus.from_resource(o, links), st.settings.sse_keepalive_seconds
-    )
+async def job_events(st: State, seen: ViewableJob, base: BaseUrl) -> StreamingResponse:
+    """For its owner, or read-only with a share link of the job. The links in the events all expire when
+    those minted as the stream opened do (never past the share link's own expiry), so an event is sent
+    only when the job changed, not because a signature did. A share link's stream ends when it expires."""
+    keys = st.settings.links
+    grant = seen.grant.expires
+    not_after = keys.expiry() if grant is None else min(grant, keys.expiry())
+
+    def view(obj: dict) -> JobStatus:
+        return JobStatus.from_resource(obj, Links.for_job(base, obj, keys, not_after))
+
+    stream = events.status_stream(st.cluster, seen.job, view, st.settings.sse_keepalive_seconds, grant)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
