@@ -26,7 +26,7 @@ from sharpml.contract import (
     JobSpec,
     Phase,
 )
-from sharpml_operator import cleanup, metrics, orphans, scope
+from sharpml_operator import cleanup, metrics, notifier, orphans, scope
 from sharpml_operator.job import Job
 from sharpml_operator.nodes import NodeView, matches_selector, problem
 from sharpml_operator.pipeline import Pipeline
@@ -46,7 +46,11 @@ _TASKS: set[asyncio.Task[None]] = set()  # background tasks, referenced so they 
 
 @kopf.on.startup()
 async def configure(
-    settings: kopf.OperatorSettings, finished_jobs: kopf.Index, sfm_nodes: kopf.Index, **_: Any
+    settings: kopf.OperatorSettings,
+    finished_jobs: kopf.Index,
+    notifying_jobs: kopf.Index,
+    sfm_nodes: kopf.Index,
+    **_: Any,
 ) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
@@ -73,6 +77,11 @@ async def configure(
     metrics.serve(CFG.metrics_port, CFG.data_dir)
     _TASKS.add(asyncio.get_running_loop().create_task(_retention(finished_jobs), name="sharpml-retention"))
     _TASKS.add(asyncio.get_running_loop().create_task(_orphans(), name="sharpml-orphans"))
+    _TASKS.add(
+        asyncio.get_running_loop().create_task(
+            notifier.run(notifying_jobs, CFG.notify, CFG.poll_seconds), name="sharpml-notifier"
+        )
+    )
     log.info(
         "sharpml-operator: image=%s concurrency per SfM node=%d data=%s node selector=%s",
         CFG.image,
@@ -132,6 +141,12 @@ def finished_jobs(
             deleting=bool(meta.get("deletionTimestamp")),
         )
     }
+
+
+@kopf.index(*RESOURCE, when=lambda status, **_: Phase.of(status) in TERMINAL)
+def notifying_jobs(body: Any, **_: Any) -> dict[str, Any]:
+    """Finished jobs with a notification still to send (notifier.py works on them)."""
+    return notifier.index_entry(body)
 
 
 @kopf.index("nodes")
