@@ -460,7 +460,7 @@ SETTINGS: tuple[Setting, ...] = (
         "SHARPML_SMTP_HOST",
         "str",
         "",
-        "SMTP server of e-mail notifications (unset: none are sent)",
+        "SMTP server of e-mail notifications (unset: e-mails are recorded Failed)",
         "operator",
     ),
     Setting("SHARPML_SMTP_PORT", "int", 587, "its port", "operator", 1, 65535),
