@@ -285,7 +285,7 @@ def test_delivered_over_starttls_with_auth(tmp_path: Path) -> None:
     inbox = _Inbox()
     controller = Controller(
         inbox, hostname="127.0.0.1", port=_free_port(), tls_context=server_ctx, require_starttls=True,
-        auth_required=True, authenticator=_auth, server_hostname="127.0.0.1", auth_exclude_mechanism=["LOGIN"],
+        auth_required=True, authenticator=_auth, server_hostname="127.0.0.1",
     )  # fmt: skip
     controller.start()
     try:
