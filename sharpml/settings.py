@@ -285,8 +285,9 @@ SETTINGS: tuple[Setting, ...] = (
         "SHARPML_PUBLIC_URL",
         "str",
         "",
-        "base of the URLs in responses (behind a proxy)",
-        "api",
+        "public base URL of the API: of the URLs in its responses (behind a proxy) and of the links "
+        "notifications carry",
+        "core",
         shown="the request's base URL",
     ),
     Setting(
@@ -334,8 +335,8 @@ SETTINGS: tuple[Setting, ...] = (
         "SHARPML_WEBHOOK_ALLOWED_HOSTS",
         "list",
         (),
-        "webhook hosts and CIDRs accepted although internal (tests, intranets)",
-        "api",
+        "webhook hosts and CIDRs accepted although internal (tests, intranets), at submission and at sending",
+        "core",
     ),
     # Signed links (sharpml.links): the API verifies them and mints them in answers, the operator mints the
     # ones its notifications carry; both need the same keys (core: the chart gives them to both containers).
@@ -420,6 +421,69 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SHARPML_DATA_PVC", "str", "sharpml-data", "claim name of the shared data volume", "operator"),
     Setting("SHARPML_OPERATOR_POLL_SECONDS", "float", 2.0, "queue and pod check interval", "operator", 0.1),
     Setting("SHARPML_RETENTION_CHECK_SECONDS", "float", 60.0, "retention check interval", "operator", 0.1),
+    # Notifications of finished jobs (operator/sharpml_operator/notifier.py): a signed webhook, an e-mail.
+    Setting(
+        "SHARPML_WEBHOOK_SECRET",
+        "secret",
+        "",
+        "`whsec_<base64>` key that signs webhooks (Standard Webhooks); unset: webhooks are recorded Failed",
+        "operator",
+    ),
+    Setting(
+        "SHARPML_WEBHOOK_TIMEOUT_SECONDS",
+        "float",
+        10.0,
+        "longest a webhook may take to connect, and then for each read of its answer",
+        "operator",
+        0.1,
+        120,
+    ),
+    Setting(
+        "SHARPML_NOTIFY_ATTEMPTS",
+        "int",
+        5,
+        "attempts per notification before it is recorded Failed",
+        "operator",
+        1,
+        20,
+    ),
+    Setting(
+        "SHARPML_NOTIFY_RETRY_SECONDS",
+        "float",
+        30.0,
+        "wait before the second attempt; doubled before each further one",
+        "operator",
+        0.1,
+        3600,
+    ),
+    Setting(
+        "SHARPML_SMTP_HOST",
+        "str",
+        "",
+        "SMTP server of e-mail notifications (unset: e-mails are recorded Failed)",
+        "operator",
+    ),
+    Setting("SHARPML_SMTP_PORT", "int", 587, "its port", "operator", 1, 65535),
+    Setting(
+        "SHARPML_SMTP_STARTTLS",
+        "choice",
+        "required",
+        "`required`: STARTTLS or no mail; `off`: plain SMTP (a relay on a trusted network only)",
+        "operator",
+        choices=("required", "off"),
+    ),
+    Setting("SHARPML_SMTP_USERNAME", "str", "", "SMTP AUTH user (unset: no AUTH)", "operator"),
+    Setting("SHARPML_SMTP_PASSWORD", "secret", "", "SMTP AUTH password", "operator"),
+    Setting(
+        "SHARPML_SMTP_FROM",
+        "str",
+        "SharpML <noreply@sharpml.com>",
+        "`From` of e-mail notifications",
+        "operator",
+    ),
+    Setting(
+        "SHARPML_SMTP_TIMEOUT_SECONDS", "float", 30.0, "SMTP connect and command timeout", "operator", 1, 300
+    ),
     Setting(
         "SHARPML_ORPHAN_GRACE_SECONDS",
         "int",

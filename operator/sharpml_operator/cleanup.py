@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -68,8 +69,14 @@ class Finished:
         return age is not None and age >= self.ttl_seconds
 
 
-def post_event(job: Finished, reason: str, message: str) -> None:
-    """A Normal event on a SharpJob from outside its kopf handlers (kopf.event needs a handler's context)."""
+class JobRef(Protocol):
+    namespace: str
+    name: str
+    uid: str
+
+
+def post_event(job: JobRef, reason: str, message: str, *, warning: bool = False) -> None:
+    """An event on a SharpJob from outside its kopf handlers (kopf.event needs a handler's context)."""
     now = datetime.now(UTC)
     kubernetes.client.CoreV1Api().create_namespaced_event(
         job.namespace,
@@ -84,7 +91,7 @@ def post_event(job: Finished, reason: str, message: str) -> None:
             },
             "reason": reason,
             "message": message[:1024],
-            "type": "Normal",
+            "type": "Warning" if warning else "Normal",
             "source": {"component": MANAGED_BY},
             "reportingComponent": MANAGED_BY,
             "reportingInstance": MANAGED_BY,

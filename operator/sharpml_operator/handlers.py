@@ -28,7 +28,7 @@ from sharpml.contract import (
     Phase,
 )
 from sharpml.storage import Storage
-from sharpml_operator import artifacts, cleanup, metrics, orphans, scope
+from sharpml_operator import artifacts, cleanup, metrics, notifier, orphans, scope
 from sharpml_operator.job import Job
 from sharpml_operator.nodes import NodeView, matches_selector, problem
 from sharpml_operator.pipeline import Pipeline
@@ -48,7 +48,11 @@ _TASKS: set[asyncio.Task[None]] = set()  # background tasks, referenced so they 
 
 @kopf.on.startup()
 async def configure(
-    settings: kopf.OperatorSettings, finished_jobs: kopf.Index, sfm_nodes: kopf.Index, **_: Any
+    settings: kopf.OperatorSettings,
+    finished_jobs: kopf.Index,
+    notifying_jobs: kopf.Index,
+    sfm_nodes: kopf.Index,
+    **_: Any,
 ) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
@@ -76,6 +80,11 @@ async def configure(
     _TASKS.add(asyncio.get_running_loop().create_task(_retention(finished_jobs), name="sharpml-retention"))
     _TASKS.add(asyncio.get_running_loop().create_task(_orphans(), name="sharpml-orphans"))
     _TASKS.add(asyncio.get_running_loop().create_task(_artifacts(), name="sharpml-artifacts"))
+    _TASKS.add(
+        asyncio.get_running_loop().create_task(
+            notifier.run(notifying_jobs, CFG.notify, CFG.poll_seconds), name="sharpml-notifier"
+        )
+    )
     log.info(
         "sharpml-operator: image=%s concurrency per SfM node=%d data=%s node selector=%s",
         CFG.image,
@@ -135,6 +144,12 @@ def finished_jobs(
             deleting=bool(meta.get("deletionTimestamp")),
         )
     }
+
+
+@kopf.index(*RESOURCE, when=lambda status, **_: Phase.of(status) in TERMINAL)
+def notifying_jobs(body: Any, **_: Any) -> dict[str, Any]:
+    """Finished jobs with a notification still to send (notifier.py works on them)."""
+    return notifier.index_entry(body)
 
 
 @kopf.index("nodes")

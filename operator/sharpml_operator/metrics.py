@@ -50,6 +50,12 @@ FINISHED = Counter(
 RETENTION_DELETIONS = Counter(
     "sharpml_retention_deletions_total", "Finished SharpJobs deleted with their files after their TTL."
 )
+NOTIFICATIONS = Counter(
+    "sharpml_notifications_total",
+    "Notifications of finished jobs by channel (webhook, email) and result: sent, or failed for good "
+    "(every attempt failed, or one that retrying cannot help).",
+    ["channel", "result"],
+)
 
 
 class _PhaseCollector(Collector):

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from sharpml.config import default_data_dir, job_timeout_seconds
+from sharpml.links import LinkSettings
 from sharpml.pricing import RUNPOD_FLEX_USD_PER_SECOND
-from sharpml.settings import value
+from sharpml.settings import ConfigError, value
 from sharpml.storage import S3Settings
+from sharpml_operator.mail import SmtpSettings
 
 #: Queue slots are per kind of resource; each stage names the kind it occupies.
 SFM_NODE = "sfm-node"
@@ -53,6 +55,7 @@ def _defaults(env: Mapping[str, str] = {}) -> dict[str, Any]:
         "training": TrainingSettings.from_env(env),
         "s3": S3Settings.from_env(env),
         "delivery": DeliverySettings.from_env(env),
+        "notify": NotifySettings.from_env(env),
     }
 
 
@@ -83,6 +86,60 @@ class DeliverySettings:
 
     def backs_up(self, s3: S3Settings) -> bool:
         return self.backup == "on" or (self.backup == "auto" and s3.configured)
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Notifications of finished jobs (:mod:`sharpml_operator.notifier`): the webhook's key and guard,
+    SMTP, the retry schedule, and what the links they carry need."""
+
+    #: The webhook signing key's bytes (from ``whsec_<base64>``); None: webhooks are recorded Failed.
+    webhook_key: bytes | None = field(repr=False)
+    webhook_timeout_seconds: float
+    allowed_hosts: tuple[str, ...]
+    attempts: int
+    retry_seconds: float
+    smtp: SmtpSettings | None  # None: e-mails are recorded Failed
+    links: LinkSettings
+    public_url: str
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds between failed attempt ``attempt`` (1, 2, ...) and the next: doubling each time."""
+        return self.retry_seconds * 2 ** (attempt - 1)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> NotifySettings:
+        from sharpml_operator.webhook import parse_secret
+
+        raw = value(env, "SHARPML_WEBHOOK_SECRET")
+        try:
+            key = parse_secret(raw) if raw else None
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        host = value(env, "SHARPML_SMTP_HOST")
+        smtp = (
+            SmtpSettings(
+                host=host,
+                port=value(env, "SHARPML_SMTP_PORT"),
+                starttls=value(env, "SHARPML_SMTP_STARTTLS") == "required",
+                username=value(env, "SHARPML_SMTP_USERNAME"),
+                password=value(env, "SHARPML_SMTP_PASSWORD"),
+                sender=value(env, "SHARPML_SMTP_FROM"),
+                timeout=value(env, "SHARPML_SMTP_TIMEOUT_SECONDS"),
+            )
+            if host
+            else None
+        )
+        return cls(
+            webhook_key=key,
+            webhook_timeout_seconds=value(env, "SHARPML_WEBHOOK_TIMEOUT_SECONDS"),
+            allowed_hosts=tuple(h.lower() for h in value(env, "SHARPML_WEBHOOK_ALLOWED_HOSTS")),
+            attempts=value(env, "SHARPML_NOTIFY_ATTEMPTS"),
+            retry_seconds=value(env, "SHARPML_NOTIFY_RETRY_SECONDS"),
+            smtp=smtp,
+            links=LinkSettings.from_env(env),
+            public_url=value(env, "SHARPML_PUBLIC_URL").rstrip("/"),
+        )
 
 
 @dataclass(frozen=True)
@@ -206,6 +263,7 @@ class Settings:
     training: TrainingSettings
     s3: S3Settings
     delivery: DeliverySettings
+    notify: NotifySettings
     #: Label on every sandboxed pod; the deny-all NetworkPolicy selects it.
     sandbox_label: str = "sharpml.com/sandbox"
 

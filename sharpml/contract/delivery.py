@@ -17,10 +17,13 @@ through signed links (:mod:`sharpml.links`), never as a directory; the notifiers
     backup: {state: Pending|Done|Failed, at: …, errors: 1, retryAt: …, lastError: "…"}   # with S3 only
 
 ``status.notifications`` (one entry per channel; ``for`` is the terminal phase it announced, so each
-terminal transition is announced once, across operator restarts)::
+terminal transition is announced once, across operator restarts; ``attempts`` counts claimed attempts and
+``nextAttemptAt`` is the backoff, so a restarted operator continues the count; the operator's
+``notifier.py`` writes it)::
 
-    webhook: {for: Complete, state: Sent|Failed|Pending, attempts: 2, at: …, lastError: "…", id: "msg_…"}
-    email:   {for: Complete, state: Sent, attempts: 1, at: …}
+    webhook: {for: Complete, state: Sent|Failed|Pending, attempts: 2, at: …, nextAttemptAt: …,
+              lastError: "…", id: "msg_…"}
+    email:   {for: Complete, state: Sent, attempts: 1, at: …, id: "msg_…"}
 """
 
 from __future__ import annotations
