@@ -37,6 +37,7 @@ from tests.conftest import (
     _ensure_node,
 )
 from tests.operator.node_agent import NodeAgent, have_podman
+from tests.operator.receivers import receivers, smtp_server  # noqa: F401 (fixtures of the notification tests)
 
 OPERATOR = Path(sys.executable).parent / "sharpml-operator"
 DATA_PVC = "sharpml-data"

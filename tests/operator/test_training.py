@@ -13,19 +13,24 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from sharpml import spz
 from sharpml.contract import TrainResult, count_gaussians
 from sharpml.pricing import RUNPOD_FLEX_USD_PER_SECOND
 from tests.operator.conftest import (
     DataVolume,
     OperatorProcess,
+    _free_port,
     create,
     events_for,
     get_job,
@@ -174,9 +179,13 @@ def _assert_trained_once(training: Training, job: dict[str, Any], job_root: Path
     assert outputs["source"] == "trained" and outputs["gaussians"] == t["gaussians"]
     assert outputs["backup"]["state"] == "Done", outputs
     data_dir = job_root.parents[1]
-    for a, src in zip(outputs["artifacts"], ("scene.splat", "point_cloud.ply"), strict=True):
+    assert [a["format"] for a in outputs["artifacts"]] == ["splat", "ply", "spz"]
+    for a, src in zip(outputs["artifacts"], ("scene.splat", "point_cloud.ply", None), strict=True):
         delivered = (data_dir / a["path"]).read_bytes()
-        assert delivered == (out / src).read_bytes()
+        if src:
+            assert delivered == (out / src).read_bytes()
+        else:  # encoded from the delivered PLY
+            assert delivered == spz.encode(spz.read_cloud(data_dir / outputs["artifacts"][1]["path"]))
         assert hashlib.sha256(delivered).hexdigest() == a["sha256"] and a["bytes"] == len(delivered)
         assert a["s3Key"] == f"sharpml/artifacts/{job['metadata']['name']}/{a['file']}"
         assert a["s3Key"] in training.objects("sharpml/artifacts/")
@@ -185,90 +194,183 @@ def _assert_trained_once(training: Training, job: dict[str, Any], job_root: Path
 # --- the product path -----------------------------------------------------------------------------------
 
 
-def test_upload_to_trained_through_runpod_better_than_the_preview(
-    training, control_plane, namespace, start_operator, scene_uploads
+def test_product_path_upload_to_download_viewer_and_notifications(
+    training, control_plane, namespace, start_operator, scene_uploads, receivers, smtp_server, page, tmp_path
 ):
-    """Upload through the API → SfM pod → training by the RunPod worker on CPU → Trained, with the held-out
-    PSNR above the preview's; progress, events, metrics and the API's view along the way."""
-    import anyio
-    from sharpml_api.settings import JwtSettings, RateLimits
-    from sharpml_api.settings import Settings as ApiSettings
+    """The whole product on the development control plane (issue 11's "done when"): photos uploaded to the
+    running ``sharpml-api`` → SfM pod → training by the RunPod worker on CPU (local RunPod) with the
+    held-out PSNR above the preview's → Complete → the signed download is the stored splat's bytes, a
+    tampered link is refused (403) and an expired one is gone (410) → the viewer page, opened from the
+    upload's share link while the job runs, shows live progress and then draws the splat in headless
+    Chromium → the webhook arrives signed (verified by the standardwebhooks package) → the e-mail arrives
+    (aiosmtpd) with the same kind of link. Screenshots go to the test artifacts' ``product/``."""
+    from email import message_from_bytes, policy
 
-    from tests.api.conftest import AUDIENCE, HS_SECRET, ISSUER, asgi_client, bearer, multipart
+    import httpx
 
-    op = start_operator(env=training.operator_env())
+    from sharpml import links
+    from tests.api.conftest import bearer, multipart
+    from tests.browser import artifacts_dir, assert_no_console_errors
+    from tests.operator.receivers import LINK_KEYS, SECRET
+    from tests.operator.soak import ApiProcess, api_env
+    from tests.viewer.test_page import BACKGROUND, TIMEOUT_MS
+
+    shots = artifacts_dir("product")
+    smtp_port, inbox = smtp_server
+    hook = receivers()
+    port = _free_port()
+    api = ApiProcess(
+        {
+            **api_env(control_plane, namespace, training.volume.root, port),
+            "SHARPML_LINK_KEYS": LINK_KEYS,
+            "SHARPML_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "SHARPML_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",  # the receiver is on loopback
+        },
+        port,
+        tmp_path / "api.log",
+    ).start()
+    op = start_operator(
+        env={
+            **training.operator_env(),
+            "SHARPML_LINK_KEYS": LINK_KEYS,
+            "SHARPML_PUBLIC_URL": api.url,
+            "SHARPML_WEBHOOK_SECRET": SECRET,
+            "SHARPML_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+            "SHARPML_SMTP_HOST": "127.0.0.1",
+            "SHARPML_SMTP_PORT": str(smtp_port),
+            "SHARPML_SMTP_STARTTLS": "off",
+        }
+    )
     worker = training.start_worker(SHARPML_TRAIN_THREADS="2")
-    api_settings = ApiSettings(
-        data_dir=training.volume.root,
-        namespace=namespace,
-        kubeconfig=str(control_plane.kubeconfig),
-        jwt=JwtSettings(algorithms=("HS256",), secret=HS_SECRET, issuer=ISSUER, audience=AUDIENCE),
-        rate_limits=RateLimits(per_ip_per_hour=100, per_account_per_day=100, anonymous_per_ip_per_day=100),
-        intake_workers=1,
-        allowed_hosts=("api.test",),  # the in-process client's Host (no public URL is set)
-    )
-    photos = [u.path for u in scene_uploads]
+    try:
+        fields = {
+            "training": "runpod",
+            "training_steps": "200",
+            "max_gaussians": "20000",
+            "train_image_size": "120",
+            "webhook_url": hook.url,
+            "email": "someone@example.com",
+        }
+        photos = [u.path for u in scene_uploads]
+        resp = httpx.post(
+            f"{api.url}/v1/jobs", headers=bearer("acct-train"), timeout=120, **multipart(photos, fields)
+        )
+        assert resp.status_code == 201, resp.text
+        name, share = resp.json()["id"], resp.json()["links"]["view"]
 
-    async def upload() -> str:
-        async with asgi_client(api_settings) as api:
-            fields = {
-                "training": "runpod",
-                "training_steps": "200",
-                "max_gaussians": "20000",
-                "train_image_size": "120",
-            }
-            resp = await api.post("/v1/jobs", headers=bearer("acct-train"), **multipart(photos, fields))
-            assert resp.status_code == 201, resp.text
-            return resp.json()["id"]
+        # The share link, opened by someone without an account while the job runs: live progress.
+        page.goto(share)
+        page.wait_for_selector("#overall-text:text-matches('[1-9][0-9]?%')", timeout=TIMEOUT_MS)
+        phase = page.locator("#phase").inner_text()
+        assert phase in ("Queued", "Reconstructing", "Reconstructed", "Training"), phase
+        page.screenshot(path=str(shots / "progress.png"))
 
-    name = anyio.run(upload)
-    seen: list[str] = []
+        seen: list[str] = []
 
-    def training_progress(job: dict[str, Any]) -> bool:
-        stage = (job.get("status", {}).get("progress") or {}).get("stage", "")
-        if stage.startswith("training: train"):
-            seen.append(stage)
-        return job.get("status", {}).get("phase") in ("Complete", "Failed")
+        def training_progress(job: dict[str, Any]) -> bool:
+            stage = (job.get("status", {}).get("progress") or {}).get("stage", "")
+            if stage.startswith("training: train"):
+                seen.append(stage)
+            return job.get("status", {}).get("phase") in ("Complete", "Failed")
 
-    job = wait_for(
-        control_plane, namespace, name, training_progress, timeout=420, what="Complete", operator=op
-    )
-    assert seen, "the worker's progress never reached status.progress"
-    job_root = training.volume.root / job["spec"]["source"]["upload"]["jobDir"]
-    _assert_trained_once(training, job, job_root)
-    t = job["status"]["training"]
-    assert t["steps"] == 200 and t["psnr"] > t["previewPsnr"] + 1.0, t
-    assert len(t["runs"]) == 1 and t["attempt"] == 1 and t["backend"] == "runpod"
-    reasons = [e["reason"] for e in events_for(control_plane, namespace, name)]
-    assert reasons == [
-        "Queued",
-        "SfmStarted",
-        "SfmSucceeded",
-        "TrainingRequested",
-        "TrainingSubmitted",
-        "TrainingSucceeded",
-        "Delivering",
-        "Complete",
-    ], reasons
-    # The worker got presigned URLs only: its environment holds no storage credentials.
-    (record,) = training.runpod.jobs()
-    assert all(k not in worker.output() for k in (training.s3.secret_access_key,))
-    assert (
-        record.input["scene_url"].startswith(training.s3.endpoint)
-        and "X-Amz-Signature" in record.input["scene_url"]
-    )
-    metrics = op.metrics()
-    assert 'sharpml_training_runs_total{duplicate="false",status="COMPLETED"} 1.0' in metrics
-    assert f"sharpml_training_gpu_seconds_total {float(t['gpuSeconds'])}" in metrics
+        job = wait_for(
+            control_plane, namespace, name, training_progress, timeout=420, what="Complete", operator=op
+        )
+        assert seen, "the worker's progress never reached status.progress"
+        job_root = training.volume.root / job["spec"]["source"]["upload"]["jobDir"]
+        _assert_trained_once(training, job, job_root)
+        t = job["status"]["training"]
+        assert t["steps"] == 200 and t["psnr"] > t["previewPsnr"] + 1.0, t
+        assert len(t["runs"]) == 1 and t["attempt"] == 1 and t["backend"] == "runpod"
+        metrics = op.metrics()
+        assert 'sharpml_training_runs_total{duplicate="false",status="COMPLETED"} 1.0' in metrics
+        assert f"sharpml_training_gpu_seconds_total {float(t['gpuSeconds'])}" in metrics
+        # The worker got presigned URLs only: its environment holds no storage credentials.
+        (record,) = training.runpod.jobs()
+        assert training.s3.secret_access_key not in worker.output()
+        assert (
+            record.input["scene_url"].startswith(training.s3.endpoint)
+            and "X-Amz-Signature" in record.input["scene_url"]
+        )
 
-    async def view() -> dict[str, Any]:
-        async with asgi_client(api_settings) as api:
-            resp = await api.get(f"/v1/jobs/{name}", headers=bearer("acct-train"))
-            return resp.json()
+        # The owner's view: the training figures and the signed links a user gets.
+        view = httpx.get(f"{api.url}/v1/jobs/{name}", headers=bearer("acct-train"), timeout=30).json()
+        assert view["training"]["backend"] == "runpod" and view["training"]["cost_usd"] == t["costUSD"]
+        assert view["training"]["psnr"] == t["psnr"] and view["phase"] == "Complete"
+        artifacts = view["links"]["artifacts"]
+        assert set(artifacts) == {"splat", "ply", "spz"}
+        stored = training.volume.root / "splats" / f"{name}.splat"
+        for fmt, link in artifacts.items():
+            got = httpx.get(link["url"], timeout=60, follow_redirects=True)  # no credentials: the link is all
+            assert got.status_code == 200, (fmt, got.status_code, got.text[:300])
+            assert hashlib.sha256(got.content).hexdigest() == link["sha256"]
+            assert len(got.content) == link["bytes"]
+        splat = httpx.get(artifacts["splat"]["url"], timeout=60).content
+        assert splat == stored.read_bytes() == (job_root / "output" / "scene.splat").read_bytes()
 
-    training_view = anyio.run(view)["training"]
-    assert training_view["backend"] == "runpod" and training_view["cost_usd"] == t["costUSD"]
-    assert training_view["psnr"] == t["psnr"]
+        # A link altered in any way is refused; one past its expiry is gone, and the answer says so.
+        url = artifacts["splat"]["url"]
+        exp = int(url.split("exp=", 1)[1].split("&", 1)[0])
+        tampered = httpx.get(url.replace(f"exp={exp}", f"exp={exp + 3600}"), timeout=30)
+        assert tampered.status_code == 403 and tampered.headers["content-type"] == "application/problem+json"
+        keys = links.parse_keys(LINK_KEYS)
+        expired_url = links.url(api.url, name, "scene.splat", keys, int(time.time()) - 1)
+        expired = httpx.get(expired_url, timeout=30)
+        assert expired.status_code == 410 and "expired" in expired.json()["detail"], expired.text
+
+        # The page that showed the progress now draws the splat (the .spz, Niantic's compressed format).
+        page.wait_for_selector("body[data-state=viewing]", timeout=TIMEOUT_MS)
+        page.locator("#scene").screenshot(path=str(shots / "complete-canvas.png"))
+        page.screenshot(path=str(shots / "complete.png"))
+        pixels = np.asarray(Image.open(shots / "complete-canvas.png").convert("RGB")).astype(np.int16)
+        drawn = (np.abs(pixels - BACKGROUND).max(axis=2) > 24).mean()
+        assert drawn > 0.05, f"the canvas is blank: {drawn:.1%} of it differs from the background"
+        assert sorted(page.locator("#downloads a").all_inner_texts()) == [".ply", ".splat", ".spz"]
+        assert_no_console_errors(page)
+
+        # The webhook and the e-mail, each once.
+        job = wait_for(
+            control_plane,
+            namespace,
+            name,
+            lambda j: all(
+                ((j["status"].get("notifications") or {}).get(c) or {}).get("state") in ("Sent", "Failed")
+                for c in ("webhook", "email")
+            ),
+            timeout=60,
+            what="both notifications settled",
+            operator=op,
+        )
+        assert {c: n["state"] for c, n in job["status"]["notifications"].items()} == {
+            "webhook": "Sent",
+            "email": "Sent",
+        }
+        (payload,) = hook.delivered.values()
+        assert all(r["verified"] for r in hook.requests)
+        assert payload["type"] == "sharpjob.completed" and payload["data"]["id"] == name
+        hooked = payload["data"]["links"]
+        assert hooked["view"].startswith(f"{api.url}/v1/jobs/{name}/view?")
+        assert httpx.get(hooked["artifacts"]["scene.splat"], timeout=60).content == splat
+        ((rcpts, raw),) = inbox.messages
+        msg = message_from_bytes(raw, policy=policy.default)
+        assert rcpts == ["someone@example.com"] and msg["Subject"] == "Your SharpML scene is ready"
+        assert f"{api.url}/v1/jobs/{name}/view?" in msg.get_body(("plain",)).get_content()
+
+        reasons = [e["reason"] for e in events_for(control_plane, namespace, name)]
+        story = [r for r in reasons if r not in ("WebhookSent", "EmailSent")]
+        assert story == [
+            "Queued",
+            "SfmStarted",
+            "SfmSucceeded",
+            "TrainingRequested",
+            "TrainingSubmitted",
+            "TrainingSucceeded",
+            "Delivering",
+            "Complete",
+        ], reasons
+        assert reasons.count("WebhookSent") == 1 and reasons.count("EmailSent") == 1, reasons
+    finally:
+        api.stop()
 
 
 # --- exactly once ----------------------------------------------------------------------------------------
