@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -194,6 +195,7 @@ def process(
             )
         except (ConfigError, ValueError) as exc:
             raise click.UsageError(str(exc)) from exc
+        options = replace(options, scene_image_size=training.max_image_size)  # undistort at that size
     elif any(v is not None for v in (steps, train_image_size, max_gaussians, device)):
         raise click.UsageError("--steps, --train-image-size, --max-gaussians and --device need --train")
     sys.exit(_run_job(list(photos), output, data_dir, options, verbose, training)[0])

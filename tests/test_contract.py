@@ -86,6 +86,7 @@ def test_cluster_runs_the_clis_measured_sfm_defaults() -> None:
     flags = dict(zip(args[1::2], args[2::2], strict=True))
     assert flags["--max-image-size"] == str(core.max_image_size) == "1600"
     assert flags["--matcher"] == core.matcher and flags["--mapper"] == core.mapper
+    assert flags["--scene-image-size"] == str(core.scene_image_size) == str(TRAINING_DEFAULTS["maxImageSize"])
 
 
 def test_lifecycle_table() -> None:

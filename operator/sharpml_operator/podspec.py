@@ -73,6 +73,9 @@ def sfm_args(spec: JobSpec, settings: Settings) -> list[str]:
         spec.mapper,
         "--max-image-size",
         str(spec.max_image_size),
+        # The scene is undistorted at the size the job trains at, not the photos' (12 MP) size.
+        "--scene-image-size",
+        str(spec.train_image_size),
         "--threads",
         str(settings.sfm_threads),
         # The fallback ladder's retries must fit in the pod's deadline.

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pycolmap
 import pytest
+from PIL import Image
 
 from sharpml.contract import EXIT_QUALITY_GATE, SfmResult, read_progress
 from sharpml.evaluation import evaluate_job
 from sharpml.intake import Upload, ingest, select_uploads
 from sharpml.layout import DataDir, JobDir
-from sharpml.sfm import SfmOptions, reconstruct
+from sharpml.sfm import SfmOptions, _undistort, reconstruct
 from sharpml.splat import read_splat
 from sharpml.synthetic import Dataset
 
@@ -76,6 +77,28 @@ def test_scene_is_in_the_layout_trainers_read(reconstructed) -> None:
     rec = pycolmap.Reconstruction(sparse0)
     assert {cam.model.name for cam in rec.cameras.values()} == {"PINHOLE"}
     assert rec.num_points3D() == result.points
+
+
+def test_scene_is_undistorted_at_the_training_size(reconstructed, tmp_path: Path) -> None:
+    """Trainers downscale to their own size: the scene is written at most that large, its cameras scaled
+    to match, so a trainer reads the same pinhole geometry at fewer pixels."""
+    job, _, _ = reconstructed
+    copy = JobDir(tmp_path / "job")
+    copy.root.mkdir()
+    (copy.root / "images").symlink_to(job.images)
+    copy.colmap.mkdir()
+    _undistort(copy, job.colmap / "sparse" / "0", SfmOptions(scene_image_size=320))
+    small = pycolmap.Reconstruction(copy.scene / "sparse" / "0")
+    full = pycolmap.Reconstruction(job.scene / "sparse" / "0")
+    for cam_id, cam in small.cameras.items():
+        big = full.cameras[cam_id]
+        scale = cam.width / big.width
+        assert max(cam.width, cam.height) == 320 and max(big.width, big.height) > 320
+        assert cam.params[0] == pytest.approx(big.params[0] * scale, rel=0.01)  # focal scaled with the size
+    for img in (copy.scene / "images").iterdir():
+        with Image.open(img) as im:
+            assert max(im.size) == 320, (img.name, im.size)
+    assert len(list((copy.scene / "images").iterdir())) == len(list((job.scene / "images").iterdir()))
 
 
 def test_exif_focal_length_is_used_as_a_prior(reconstructed, scene_photos: Dataset) -> None:

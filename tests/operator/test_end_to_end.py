@@ -110,6 +110,8 @@ def test_sharpjob_is_reconstructed_then_complete(
         "auto",
         "--max-image-size",
         "1600",  # the measured default of the core (sharpml.contract.PROCESSING_DEFAULTS), via the CRD
+        "--scene-image-size",
+        "1600",  # spec.training.maxImageSize's default (TRAINING_DEFAULTS), via the CRD
         "--threads",
         "2",
         "--time-budget",  # the fallback ladder's retries fit in the pod's deadline (SHARPML_JOB_TIMEOUT_MS)
