@@ -41,8 +41,6 @@ VERSION = 2
 COLOR_SCALE = 0.15
 FRACTIONAL_BITS = 12
 _HEADER = struct.Struct("<IIIBBBB")
-#: The header's size, at the start of the decompressed stream.
-HEADER_BYTES = _HEADER.size
 #: Number of SH coefficients per colour channel beyond DC, by degree.
 SH_DIM = {0: 0, 1: 3, 2: 8, 3: 15}
 _SH1_BITS, _SH_REST_BITS = 5, 4

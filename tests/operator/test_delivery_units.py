@@ -10,7 +10,6 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from sharpml_operator.job import Job
 from sharpml_operator.pipeline import Pipeline
@@ -22,15 +21,12 @@ from sharpml_operator.stages.delivery import (
     artifact_sources,
     expires_at,
     ply_gaussians,
-    spz_gaussians,
     write_artifact,
 )
 
-from sharpml import spz
 from sharpml.contract import JobSpec, JobStatus, Phase, StatusPatch
 from sharpml.contract.delivery import ARTIFACTS
 from sharpml.layout import JobDir
-from sharpml.splat import Gaussians, to_splat, write_ply, write_splat
 from sharpml.storage import S3Settings, Storage
 from tests.storage.conftest import storage_for
 
@@ -55,32 +51,14 @@ def _ply(n: int, props: int = 14) -> bytes:
     return header.encode() + struct.pack(f"<{n * props}f", *range(n * props))
 
 
-def _gaussians(n: int, seed: int = 0) -> Gaussians:
-    rng = np.random.default_rng(seed)
-    f32 = np.float32
-    return Gaussians(
-        positions=rng.normal(size=(n, 3)).astype(f32),
-        log_scales=rng.uniform(-5, -1, (n, 3)).astype(f32),
-        f_dc=rng.normal(size=(n, 3)).astype(f32),
-        opacity_logits=rng.normal(size=n).astype(f32),
-        rotations=rng.normal(size=(n, 4)).astype(f32),
-    )
-
-
-def _write_result(job: JobDir, n: int) -> None:
-    """A trained result as the trainer writes it: the PLY and the splat of the same gaussians."""
-    g = _gaussians(n)
-    write_ply(job.trained_ply, g)
-    write_splat(job.trained_splat, to_splat(g))
-
-
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     job = JobDir(tmp_path / "jobs" / "chair")
     job.colmap.mkdir(parents=True)
     job.output.mkdir()
-    write_splat(job.preview_splat, to_splat(_gaussians(50, seed=1)))
-    _write_result(job, 40)
+    job.preview_splat.write_bytes(os.urandom(32 * 50))
+    job.trained_splat.write_bytes(os.urandom(32 * 40))
+    job.trained_ply.write_bytes(_ply(40))
     return tmp_path
 
 
@@ -168,8 +146,7 @@ def test_a_preview_job_is_delivered_then_complete_once_even_when_a_step_repeats(
     assert status["phase"] == "Complete" and status["progress"] == {"percent": 100, "stage": "complete"}
     outputs = status["outputs"]
     assert outputs["source"] == "preview" and outputs["gaussians"] == 50 and "backup" not in outputs
-    art, spz_art = outputs["artifacts"]
-    assert spz_art["format"] == "spz" and spz_art["path"] == "splats/chair.spz"
+    (art,) = outputs["artifacts"]
     local = data / art["path"]
     assert art["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest() and art["bytes"] == 1600
     assert local.read_bytes() == (data / "jobs/chair/colmap/preview.splat").read_bytes()
@@ -181,7 +158,7 @@ def test_a_preview_job_is_delivered_then_complete_once_even_when_a_step_repeats(
     # Delivering once, Complete once per run of the step (two runs here, as after a crash; kopf persisted
     # neither, so the job's own record has exactly one Complete).
     assert [r for r, _ in events] == ["Delivering", "Complete", "Complete"]
-    assert sorted(os.listdir(data / "splats")) == ["chair.splat", "chair.spz"]
+    assert sorted(os.listdir(data / "splats")) == ["chair.splat"]
 
 
 def test_a_trained_job_delivers_splat_and_ply(data: Path) -> None:
@@ -198,19 +175,14 @@ def test_a_trained_job_delivers_splat_and_ply(data: Path) -> None:
     pipeline.step(job, Snapshot())
     out = job.patch.view()["outputs"]
     assert job.phase is Phase.COMPLETE and out["source"] == "trained" and out["gaussians"] == 40
-    assert [a["format"] for a in out["artifacts"]] == ["splat", "ply", "spz"]
+    assert [a["format"] for a in out["artifacts"]] == ["splat", "ply"]
     assert (data / "splats/chair.ply").read_bytes() == (
         data / "jobs/chair/output/point_cloud.ply"
     ).read_bytes()
-    spz_bytes = (data / "splats/chair.spz").read_bytes()
-    assert spz_gaussians(spz_bytes) == 40
-    assert spz_bytes == spz.encode(spz.read_cloud(data / "splats/chair.ply"))
-    assert [a["bytes"] for a in out["artifacts"]][2] == len(spz_bytes)
-    assert not [n for n in os.listdir(data / "splats") if n.startswith(".")]  # no encoding leftovers
 
 
 def test_a_malformed_result_fails_the_job(data: Path) -> None:
-    write_ply(data / "jobs/chair/output/point_cloud.ply", _gaussians(39))  # disagrees with the splat's 40
+    (data / "jobs/chair/output/point_cloud.ply").write_bytes(_ply(39))  # disagrees with the splat's 40
     stage = DeliveryStage(_settings(data))
     job = _job(data, {"phase": "Delivering", "outputs": {"source": "trained"}}, [])
     stage.observe(job, Snapshot())

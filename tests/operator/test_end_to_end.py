@@ -9,7 +9,6 @@ import json
 import re
 
 import pytest
-from sharpml_operator.stages.delivery import spz_gaussians
 
 from sharpml.contract import SfmResult
 from sharpml.splat import read_splat
@@ -58,7 +57,7 @@ def test_sharpjob_is_reconstructed_then_complete(
     # Delivered: the preview (no PLY) in splats/<id>.splat, exactly as status.outputs records it; no S3.
     outputs = status["outputs"]
     assert outputs["source"] == "preview" and "backup" not in outputs
-    art, spz_art = outputs["artifacts"]
+    (art,) = outputs["artifacts"]
     delivered = (data_volume.root / "splats" / "chair.splat").read_bytes()
     assert art == {
         "format": "splat",
@@ -69,11 +68,7 @@ def test_sharpjob_is_reconstructed_then_complete(
     }
     assert outputs["gaussians"] == len(delivered) // 32 == status["sfm"]["points"]
     assert outputs["deliveredAt"] <= ts["finishedAt"] and outputs["expiresAt"] > outputs["deliveredAt"]
-    # ... and its SPZ, encoded from that splat (Niantic's format: a gzip stream whose header counts them).
-    spz_file = data_volume.root / "splats" / "chair.spz"
-    assert spz_art["format"] == "spz" and spz_art["bytes"] == spz_file.stat().st_size
-    assert spz_gaussians(spz_file.read_bytes()) == outputs["gaussians"]
-    assert sorted(p.name for p in (data_volume.root / "splats").iterdir()) == ["chair.splat", "chair.spz"]
+    assert sorted(p.name for p in (data_volume.root / "splats").iterdir()) == ["chair.splat"]
 
     # The result the operator reported is the one COLMAP wrote, and the preview splat is valid.
     job_root = data_volume.root / job_dir

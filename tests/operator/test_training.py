@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sharpml import spz
 from sharpml.contract import TrainResult, count_gaussians
 from sharpml.pricing import RUNPOD_FLEX_USD_PER_SECOND
 from tests.operator.conftest import (
@@ -179,13 +178,9 @@ def _assert_trained_once(training: Training, job: dict[str, Any], job_root: Path
     assert outputs["source"] == "trained" and outputs["gaussians"] == t["gaussians"]
     assert outputs["backup"]["state"] == "Done", outputs
     data_dir = job_root.parents[1]
-    assert [a["format"] for a in outputs["artifacts"]] == ["splat", "ply", "spz"]
-    for a, src in zip(outputs["artifacts"], ("scene.splat", "point_cloud.ply", None), strict=True):
+    for a, src in zip(outputs["artifacts"], ("scene.splat", "point_cloud.ply"), strict=True):
         delivered = (data_dir / a["path"]).read_bytes()
-        if src:
-            assert delivered == (out / src).read_bytes()
-        else:  # encoded from the delivered PLY
-            assert delivered == spz.encode(spz.read_cloud(data_dir / outputs["artifacts"][1]["path"]))
+        assert delivered == (out / src).read_bytes()
         assert hashlib.sha256(delivered).hexdigest() == a["sha256"] and a["bytes"] == len(delivered)
         assert a["s3Key"] == f"sharpml/artifacts/{job['metadata']['name']}/{a['file']}"
         assert a["s3Key"] in training.objects("sharpml/artifacts/")
@@ -298,7 +293,7 @@ def test_product_path_upload_to_download_viewer_and_notifications(
         assert view["training"]["backend"] == "runpod" and view["training"]["cost_usd"] == t["costUSD"]
         assert view["training"]["psnr"] == t["psnr"] and view["phase"] == "Complete"
         artifacts = view["links"]["artifacts"]
-        assert set(artifacts) == {"splat", "ply", "spz"}
+        assert set(artifacts) == {"splat", "ply"}  # no .spz yet: the operator's image has no numpy
         stored = training.volume.root / "splats" / f"{name}.splat"
         for fmt, link in artifacts.items():
             got = httpx.get(link["url"], timeout=60, follow_redirects=True)  # no credentials: the link is all
@@ -318,14 +313,14 @@ def test_product_path_upload_to_download_viewer_and_notifications(
         expired = httpx.get(expired_url, timeout=30)
         assert expired.status_code == 410 and "expired" in expired.json()["detail"], expired.text
 
-        # The page that showed the progress now draws the splat (the .spz, Niantic's compressed format).
+        # The page that showed the progress now draws the splat.
         page.wait_for_selector("body[data-state=viewing]", timeout=TIMEOUT_MS)
         page.locator("#scene").screenshot(path=str(shots / "complete-canvas.png"))
         page.screenshot(path=str(shots / "complete.png"))
         pixels = np.asarray(Image.open(shots / "complete-canvas.png").convert("RGB")).astype(np.int16)
         drawn = (np.abs(pixels - BACKGROUND).max(axis=2) > 24).mean()
         assert drawn > 0.05, f"the canvas is blank: {drawn:.1%} of it differs from the background"
-        assert sorted(page.locator("#downloads a").all_inner_texts()) == [".ply", ".splat", ".spz"]
+        assert sorted(page.locator("#downloads a").all_inner_texts()) == [".ply", ".splat"]
         assert_no_console_errors(page)
 
         # The webhook and the e-mail, each once.

@@ -8,9 +8,8 @@ that is configured, and completes the job.
 - **What is delivered.** A trained job: ``output/scene.splat`` and ``output/point_cloud.ply`` (source
   ``trained``). A job whose training does not apply (``backend: none``): the SfM stage's
   ``colmap/preview.splat`` only (source ``preview``): the preview is made from the sparse points and has
-  no 3DGS PLY, and none is made up. Both also get ``.spz`` (Niantic's compressed format, :mod:`sharpml.spz`),
-  encoded from the delivered PLY (all SH bands) or, for a preview, from the delivered splat: from the
-  checked copy in ``splats/``, never from a file the job's pods could still change.
+  no 3DGS PLY, and none is made up. The SPZ format joins in :func:`artifact_sources` (one place), once
+  the trainer and the SfM pod write it (the operator has no numpy to encode it).
 - **Atomic and symlink-proof.** Each file is written to a hidden ``.<id>.<format>.<random>.part`` in
   ``splats/`` (created with ``O_EXCL|O_NOFOLLOW`` relative to the opened directory, like
   :mod:`sharpml.layout`), checked, flushed and renamed over the final name; the rename replaces whatever
@@ -41,14 +40,11 @@ import logging
 import os
 import secrets
 import stat
-import struct
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sharpml import spz
 from sharpml.contract import Phase
 from sharpml.contract.delivery import ARTIFACTS, SPLATS_DIR, Artifact
 from sharpml.contract.records import SPLAT_RECORD_BYTES, SplatFormatError, check_splat_size
@@ -105,8 +101,9 @@ def artifact_sources(directory: JobDir, source: str) -> dict[str, Path]:
         found = {"splat": directory.trained_splat, "ply": directory.trained_ply}
     else:
         found = {"splat": directory.preview_splat}
-    # SPZ has no source in the job directory: DeliveryStage.deliver encodes it from the delivered copy of
-    # the PLY (or the splat) with encode_spz.
+    # The SPZ artifact joins here once the pods that have numpy write it (the trainer from its PLY, the SfM
+    # pod from the preview): sharpml.spz needs numpy, which the operator's image deliberately lacks.
+    # found["spz"] = directory.<its path>
     return {fmt: found[fmt] for fmt in ARTIFACTS if fmt in found}
 
 
@@ -139,39 +136,6 @@ def ply_gaussians(header: bytes, size: int) -> int:
     return count
 
 
-def spz_gaussians(head: bytes) -> int:
-    """The point count in an SPZ file's header (inside its gzip stream), checked for magic and version."""
-    try:
-        raw = zlib.decompressobj(wbits=31).decompress(head, spz.HEADER_BYTES)
-    except zlib.error as exc:
-        raise DeliveryError(f"SPZ: not a gzip stream ({exc})") from None
-    if len(raw) < spz.HEADER_BYTES:
-        raise DeliveryError("SPZ: shorter than its header")
-    magic, version, count = struct.unpack_from("<III", raw)
-    if magic != spz.MAGIC or version != spz.VERSION or not count:
-        raise DeliveryError(f"SPZ: magic {magic:#x}, version {version}, {count} points: not a version-2 SPZ")
-    return count
-
-
-def encode_spz(data_dir: Path, source: Delivered) -> Path:
-    """Encode the delivered ``source`` (PLY or splat in ``splats/``) as SPZ into a hidden ``.part`` file
-    next to it (the artifact sweep removes one a killed operator leaves) and return its path."""
-    src = data_dir / source.path
-    if src.is_symlink() or not src.is_file():
-        raise DeliveryError(f"{src.name}: not a regular file")
-    out = src.with_name(f".{src.stem}.spz.{secrets.token_hex(6)}.src{PART_SUFFIX}")
-    try:
-        data = spz.encode(spz.read_cloud(src))
-    except SplatFormatError as exc:
-        raise DeliveryError(f"SPZ: {exc}") from None
-    try:
-        out.write_bytes(data)
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
-    return out
-
-
 def gaussians_in(fmt: str, head: bytes, size: int) -> int:
     """How many gaussians an artifact holds, from its size (splat) or header (PLY); malformed: an error."""
     if fmt == "splat":
@@ -182,8 +146,6 @@ def gaussians_in(fmt: str, head: bytes, size: int) -> int:
         return size // SPLAT_RECORD_BYTES
     if fmt == "ply":
         return ply_gaussians(head, size)
-    if fmt == "spz":
-        return spz_gaussians(head)
     raise DeliveryError(f"no check for the {fmt} format")
 
 
@@ -338,16 +300,6 @@ class DeliveryStage(Stage):
         for fmt, path in artifact_sources(directory, source).items():
             limit = _max_bytes(fmt, cap)
             delivered.append(write_artifact(self.settings.data_dir, job.name, ARTIFACTS[fmt], path, limit))
-        if "spz" in ARTIFACTS:
-            encoded = encode_spz(self.settings.data_dir, delivered[-1])  # the PLY, else the splat
-            try:
-                spz_copy = write_artifact(
-                    self.settings.data_dir, job.name, ARTIFACTS["spz"], encoded, _max_bytes("spz", cap)
-                )
-            finally:
-                encoded.unlink(missing_ok=True)
-            delivered.append(spz_copy)
-            delivered.sort(key=lambda d: list(ARTIFACTS).index(d.artifact.format))
         counts = {d.gaussians for d in delivered}
         if len(counts) != 1:
             raise DeliveryError(f"the artifacts disagree on the number of gaussians: {sorted(counts)}")
