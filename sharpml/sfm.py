@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -335,7 +336,7 @@ def _explain(
 
 def _undistort(job: JobDir, sparse_model: Path, opts: SfmOptions) -> None:
     """Undistort to PINHOLE images in the trainers' layout: scene/images, scene/sparse/0/*.bin, with no
-    image larger than ``opts.scene_image_size`` on its longest side.
+    image much larger than ``opts.scene_image_size`` on its longest side (at most 1 % more).
 
     Photos larger than that are first decoded at reduced size (JPEG's DCT scaling, :func:`_downscaled`)
     with their cameras rescaled to match, then undistorted: 3x faster on 12 MP photos than undistorting
@@ -367,9 +368,13 @@ def _undistort(job: JobDir, sparse_model: Path, opts: SfmOptions) -> None:
 
 def _downscaled(sparse_model: Path, images: Path, staging: Path, opts: SfmOptions) -> tuple[Path, Path]:
     """The model and image directory to undistort: unchanged when every camera fits
-    ``opts.scene_image_size`` (or it is 0), else a copy in ``staging`` with the larger cameras rescaled
-    and their photos resized to exactly the rescaled size (so intrinsics and pixels agree)."""
-    limit = opts.scene_image_size
+    ``opts.scene_image_size`` plus a margin (or it is 0), else a copy in ``staging`` with the larger
+    cameras rescaled and their photos resized to exactly the rescaled size (intrinsics and pixels agree)."""
+    # Undistortion trims a pixel or two at the border: a small margin keeps the scene at least the
+    # training size, so the trainer still gets exactly the size it asked for (it downscales the rest).
+    limit = (
+        opts.scene_image_size + max(2, math.ceil(opts.scene_image_size / 100)) if opts.scene_image_size else 0
+    )
     rec = pycolmap.Reconstruction(sparse_model)
     sizes: dict[int, tuple[int, int]] = {}
     for cam_id, cam in rec.cameras.items():
