@@ -29,9 +29,15 @@ from pathlib import Path
 
 from sharpml.config import default_data_dir
 
-#: What a training run leaves in a job's ``output/``: the 3DGS PLY, the ``.splat``, the metrics record.
+#: What a training run leaves in a job's ``output/``: the 3DGS PLY, the ``.splat``, the ``.spz``, the
+#: metrics record.
 TRAINED_PLY = "point_cloud.ply"
 TRAINED_SPLAT = "scene.splat"
+TRAINED_SPZ = "scene.spz"
+#: The SfM stage's preview, in ``colmap/``: ``.splat``, and ``.spz`` for delivery (the operator cannot
+#: encode it: its image has no numpy).
+PREVIEW_SPLAT = "preview.splat"
+PREVIEW_SPZ = "preview.spz"
 TRAIN_RESULT = "result.json"
 
 STAGING_PREFIX = ".incoming-"
@@ -85,7 +91,11 @@ class JobDir:
 
     @property
     def preview_splat(self) -> Path:
-        return self.colmap / "preview.splat"
+        return self.colmap / PREVIEW_SPLAT
+
+    @property
+    def preview_spz(self) -> Path:
+        return self.colmap / PREVIEW_SPZ
 
     @property
     def training(self) -> Path:
@@ -104,6 +114,10 @@ class JobDir:
     @property
     def trained_ply(self) -> Path:
         return self.output / TRAINED_PLY
+
+    @property
+    def trained_spz(self) -> Path:
+        return self.output / TRAINED_SPZ
 
     @property
     def train_result(self) -> Path:

@@ -2,10 +2,10 @@
 
 Reads ``jobs/{id}/images`` and ``intake.json``, writes only below ``jobs/{id}/colmap``:
 ``database.db``, ``sparse/``, ``scene/`` (undistorted PINHOLE images and ``sparse/0/*.bin``, the
-layout 3D Gaussian splatting trainers read), ``preview.splat``, ``progress.json`` and
-``result.json`` — the machine-readable summary (quality gate verdict, counts, error, timings) that
-the operator reads. Runs with no network: SIFT features and exhaustive or sequential matching
-need no vocabulary tree or model download.
+layout 3D Gaussian splatting trainers read), ``preview.splat`` (and ``preview.spz``, its SPZ for
+delivery), ``progress.json`` and ``result.json`` — the machine-readable summary (quality gate
+verdict, counts, error, timings) that the operator reads. Runs with no network: SIFT features and
+exhaustive or sequential matching need no vocabulary tree or model download.
 
 Also the SfM pod's entry point: ``python -m sharpml.sfm JOB_DIR``.
 """
@@ -34,7 +34,7 @@ from sharpml.config import job_timeout_seconds
 from sharpml.contract import EXIT_ERROR, EXIT_OK, EXIT_QUALITY_GATE, PROCESSING_DEFAULTS, SfmResult
 from sharpml.contract.spec import MAPPERS, MATCHERS, TRAINING_DEFAULTS
 from sharpml.intake import StoredImage, load_manifest
-from sharpml.layout import JobDir
+from sharpml.layout import PREVIEW_SPLAT, PREVIEW_SPZ, JobDir
 from sharpml.progress import ProgressFile, ProgressHook, no_progress
 from sharpml.sfm_features import (
     DEFAULT_FEATURES,
@@ -58,6 +58,7 @@ from sharpml.sfm_ladder import (
     rungs,
 )
 from sharpml.splat import preview_from_points, write_splat
+from sharpml.spz import write_spz
 
 #: Above this many photos "auto" matching switches from exhaustive to sequential (capture order).
 SEQUENTIAL_ABOVE = 30
@@ -493,7 +494,7 @@ def _prepare(out: Path) -> None:
     out.mkdir(exist_ok=True)
     for stale in out.glob("database*.db*"):
         stale.unlink()
-    for stale in ("result.json", "preview.splat"):
+    for stale in ("result.json", PREVIEW_SPLAT, PREVIEW_SPZ):
         (out / stale).unlink(missing_ok=True)
     for stale_dir in ("sparse", "scene", "attempts"):
         if (out / stale_dir).exists():
@@ -661,6 +662,7 @@ def reconstruct(
         t0 = time.monotonic()
         xyz, rgb = points_of(model)
         write_splat(job.preview_splat, preview_from_points(xyz, rgb))
+        write_spz(job.preview_splat, job.preview_spz)  # what delivery serves; the operator has no numpy
         timings["preview"] = round(time.monotonic() - t0, 3)
         result.preview_splat = job.preview_splat.name
     timings["total"] = round(time.monotonic() - t_all, 3)

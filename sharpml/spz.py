@@ -26,23 +26,21 @@ from __future__ import annotations
 
 import gzip
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from sharpml.contract.records import SPZ_HEADER as _HEADER
+from sharpml.contract.records import SPZ_MAGIC as MAGIC
+from sharpml.contract.records import SPZ_SH_DIM as SH_DIM
+from sharpml.contract.records import SPZ_VERSION as VERSION
 from sharpml.splat import SH_C0, Gaussians, SplatFormatError, read_ply, read_splat
 
-MAGIC = 0x5053474E
-VERSION = 2
 #: SPZ's DC colour scale (the reference's ``colorScale``): narrower than SH_C0 so colours that higher
 #: bands bring back into range still fit a byte.
 COLOR_SCALE = 0.15
 FRACTIONAL_BITS = 12
-_HEADER = struct.Struct("<IIIBBBB")
-#: Number of SH coefficients per colour channel beyond DC, by degree.
-SH_DIM = {0: 0, 1: 3, 2: 8, 3: 15}
 _SH1_BITS, _SH_REST_BITS = 5, 4
 
 
@@ -158,12 +156,18 @@ def read_cloud(source: Path) -> SpzCloud:
     raise SplatFormatError(f"{Path(source).name}: SPZ is written from a .ply or a .splat, not {suffix!r}")
 
 
-def write_spz(source: Path, dest: Path) -> int:
-    """Encode ``source`` (.ply or .splat) as SPZ at ``dest`` atomically; returns the gaussian count."""
-    cloud = read_cloud(source)
+def save(dest: Path, cloud: SpzCloud | Gaussians) -> int:
+    """Write ``cloud`` (gaussians alone: SH degree 0) as SPZ at ``dest`` atomically; returns its count."""
+    if isinstance(cloud, Gaussians):
+        cloud = SpzCloud(cloud, np.zeros((len(cloud), 0, 3), np.float32))
     data = encode(cloud)
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, dest)
     return len(cloud.gaussians)
+
+
+def write_spz(source: Path, dest: Path) -> int:
+    """Encode ``source`` (.ply or .splat) as SPZ at ``dest`` atomically; returns the gaussian count."""
+    return save(dest, read_cloud(source))

@@ -28,8 +28,10 @@ from sharpml.contract.records import (
     RecordError,
     SfmResult,
     SplatFormatError,
+    SpzCheck,
     TrainResult,
     count_gaussians,
+    count_spz,
     read_progress,
 )
 from sharpml.contract.resource import (
@@ -99,9 +101,11 @@ __all__ = [
     "RecordError",
     "SfmResult",
     "SplatFormatError",
+    "SpzCheck",
     "StatusPatch",
     "TrainResult",
     "count_gaussians",
+    "count_spz",
     "may_move",
     "owner_label",
     "read_progress",

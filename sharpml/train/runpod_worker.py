@@ -6,7 +6,7 @@ A job's ``input``::
       "scene_url": "https://... presigned GET of a tar (optionally gzip) of the SfM scene:
                     images/ and sparse/0/ (what the SfM stage writes under colmap/scene)",
       "preview_url": "https://... presigned GET of preview.splat (optional: scored on the same views)",
-      "upload": {"splat": "https://... presigned PUT", "ply": "...", "result": "..."},
+      "upload": {"splat": "https://... presigned PUT", "ply": "...", "spz": "...", "result": "..."},
       "options": {"steps": 7000, "max_gaussians": 1000000, "max_image_size": 1600, "seed": 0},
       "claim": {"request_id": "...", "put": "https://... presigned PUT signed with If-None-Match: *",
                 "get": "https://... presigned GET of the same object"}
@@ -20,8 +20,8 @@ that loses (412, or 409 for a concurrent write) does no work and returns
 ``{"duplicate": true, "request_id", "claimed_by"}``: the RunPod job id written in the claim, so the
 operator can follow the run that does the work.
 
-``upload.splat`` is required, ``ply`` and ``result`` are optional; ``options`` may name only those four
-keys, bounded as the ``SHARPML_TRAIN_*`` settings are; what a request leaves out comes from those
+``upload.splat`` is required, ``ply``, ``spz`` and ``result`` are optional; ``options`` may name only
+those four keys, bounded as the ``SHARPML_TRAIN_*`` settings are; what a request leaves out comes from those
 settings in the worker's environment (the endpoint's), else their defaults. The handler downloads the
 scene, trains (:func:`sharpml.train.trainer.train`), reports progress through
 ``runpod.serverless.progress_update`` (``{"stage", "fraction", "message"}``, at most every 2 s and at
@@ -57,7 +57,7 @@ HTTP_TIMEOUT_SECONDS = 60
 PROGRESS_INTERVAL_SECONDS = 2.0
 #: What a request may set; the rest (device, threads, holdout) is the worker's own business.
 OPTION_KEYS = ("steps", "max_gaussians", "max_image_size", "seed")
-UPLOAD_KEYS = ("splat", "ply", "result")
+UPLOAD_KEYS = ("splat", "ply", "spz", "result")
 CLAIM_KEYS = ("request_id", "put", "get")
 MAX_CLAIM_BYTES = 4096
 
@@ -246,7 +246,7 @@ def handle(
 
     # torch is imported only for a valid job.
     from sharpml.train.scene import SceneError
-    from sharpml.train.trainer import PLY_NAME, RESULT_NAME, SPLAT_NAME, TrainingError, train
+    from sharpml.train.trainer import PLY_NAME, RESULT_NAME, SPLAT_NAME, SPZ_NAME, TrainingError, train
 
     work = Path(tempfile.mkdtemp(prefix="sharpml-train-"))
     try:
@@ -260,7 +260,7 @@ def handle(
             _download(preview_url, preview, MAX_PREVIEW_BYTES)
         progress("download", 1.0, f"scene of {size / 1024**2:.1f} MB")
         result = train(scene, work / "out", options, preview_splat=preview, progress=progress)
-        files = {"splat": SPLAT_NAME, "ply": PLY_NAME, "result": RESULT_NAME}
+        files = {"splat": SPLAT_NAME, "ply": PLY_NAME, "spz": SPZ_NAME, "result": RESULT_NAME}
         progress("upload", 0.0, f"uploading {', '.join(sorted(uploads))}")
         for kind in UPLOAD_KEYS:
             if kind in uploads:

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
-from sharpml import splat
+from sharpml import splat, spz
 from sharpml.contract import TrainResult
-from sharpml.layout import TRAIN_RESULT, TRAINED_PLY, TRAINED_SPLAT
+from sharpml.layout import TRAIN_RESULT, TRAINED_PLY, TRAINED_SPLAT, TRAINED_SPZ
 from sharpml.progress import ProgressHook, no_progress
 from sharpml.train.mcmc import PortableMCMC
 from sharpml.train.options import TrainOptions
@@ -36,7 +36,7 @@ from sharpml.train.raster import TooManyPairs, rasterize
 from sharpml.train.scene import Scene, View, load_scene
 
 #: File names in the output directory (the job layout's: the operator fetches them under these names).
-PLY_NAME, SPLAT_NAME, RESULT_NAME = TRAINED_PLY, TRAINED_SPLAT, TRAIN_RESULT
+PLY_NAME, SPLAT_NAME, SPZ_NAME, RESULT_NAME = TRAINED_PLY, TRAINED_SPLAT, TRAINED_SPZ, TRAIN_RESULT
 PROGRESS_NAME = "progress.json"
 
 #: gsplat simple_trainer's learning rates (``means`` is multiplied by the scene extent).
@@ -247,9 +247,10 @@ def train(
     preview_splat: Path | None = None,
     progress: ProgressHook = no_progress,
 ) -> TrainResult:
-    """Train on ``scene_dir``; write ``point_cloud.ply``, ``scene.splat`` and ``result.json`` (the
-    metrics record, also returned) into ``out_dir``. ``preview_splat``, when given, is scored on the
-    same held-out views. Raises :class:`~sharpml.train.scene.SceneError` or :class:`TrainingError`."""
+    """Train on ``scene_dir``; write ``point_cloud.ply``, ``scene.splat``, ``scene.spz`` and
+    ``result.json`` (the metrics record, also returned) into ``out_dir``. ``preview_splat``, when given,
+    is scored on the same held-out views. Raises :class:`~sharpml.train.scene.SceneError` or
+    :class:`TrainingError`."""
     opts = options or TrainOptions()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -351,6 +352,10 @@ def train(
     gaussians = export(params)
     splat.write_ply(out_dir / PLY_NAME, gaussians)
     splat.write_splat(out_dir / SPLAT_NAME, splat.to_splat(gaussians))
+    try:
+        spz.save(out_dir / SPZ_NAME, gaussians)
+    except splat.SplatFormatError as exc:
+        raise TrainingError(f"the trained gaussians cannot be stored: {exc}") from None
     timings["export"] = round(time.monotonic() - t0, 3)
 
     first = (train_views or test_views)[0]

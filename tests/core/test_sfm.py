@@ -11,7 +11,7 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from sharpml.contract import EXIT_QUALITY_GATE, SfmResult, read_progress
+from sharpml.contract import EXIT_QUALITY_GATE, SfmResult, count_spz, read_progress
 from sharpml.evaluation import evaluate_job
 from sharpml.intake import Upload, ingest, select_uploads
 from sharpml.layout import DataDir, JobDir
@@ -123,6 +123,8 @@ def test_preview_splat_has_one_gaussian_per_point(reconstructed) -> None:
     records = read_splat(job.preview_splat)
     assert len(records) == result.points
     assert (records["scale"] > 0).all()
+    # and its SPZ, which delivery serves (the operator only checks it: its image has no numpy)
+    assert count_spz(job.preview_spz, 10**8) == result.points
 
 
 def test_progress_moves_through_the_stages(reconstructed) -> None:

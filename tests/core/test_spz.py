@@ -14,8 +14,9 @@ import pytest
 from plyfile import PlyData, PlyElement
 from scipy.spatial import cKDTree
 
+from sharpml.contract.records import SpzCheck, count_spz, spz_max_bytes
 from sharpml.splat import SH_C0, Gaussians, SplatFormatError, ply_to_splat, write_ply
-from sharpml.spz import MAGIC, SpzCloud, encode, read_cloud, write_spz
+from sharpml.spz import MAGIC, SH_DIM, SpzCloud, encode, read_cloud, write_spz
 from tests.npm import node, package
 
 DECODER = Path(__file__).with_name("spz_decode.mjs")
@@ -135,6 +136,22 @@ def test_sh_bands_from_a_ply_keep_their_order(tmp_path: Path) -> None:
     # band 1 in 5 bits (buckets of 8/128), bands 2-3 in 4 bits (16/128), plus the rounding to 1/128
     np.testing.assert_allclose(decoded[:, :3], sh[:, :3], atol=4.5 / 128 + 1e-6)
     np.testing.assert_allclose(decoded[:, 3:], sh[:, 3:], atol=8.5 / 128 + 1e-6)
+
+
+@pytest.mark.parametrize("degree", [0, 1, 3])
+def test_the_operators_check_counts_what_the_encoder_wrote(tmp_path: Path, degree: int) -> None:
+    """SpzCheck (numpy-free, in the operator) agrees with the encoder, fed whole or a byte at a time."""
+    n = 300
+    data = encode(SpzCloud(scene(n, seed=3), np.zeros((n, SH_DIM[degree], 3), np.float32)))
+    (tmp_path / "s.spz").write_bytes(data)
+    assert count_spz(tmp_path / "s.spz", len(data)) == n
+    check = SpzCheck("s.spz")
+    for i in range(len(data)):
+        check.feed(data[i : i + 1])
+    assert check.count() == n
+    with pytest.raises(SplatFormatError, match="at most 10 bytes"):
+        count_spz(tmp_path / "s.spz", 10)
+    assert len(data) <= spz_max_bytes(n)
 
 
 def test_from_a_splat(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from sharpml import splat
-from sharpml.contract import EXIT_TRAINING_FAILED, TrainResult, read_progress
+from sharpml.contract import EXIT_TRAINING_FAILED, TrainResult, count_spz, read_progress
 from sharpml.layout import JobDir
 from sharpml.synthetic import Dataset
 from sharpml.train.options import TrainOptions
@@ -84,6 +84,7 @@ def test_outputs_and_metrics_record(job: JobDir, trained) -> None:
     assert TrainResult.read(out / "result.json") == result
     gaussians = splat.read_ply(out / result.ply)
     assert len(gaussians) == result.gaussians == len(splat.read_splat(out / result.splat))
+    assert count_spz(out / "scene.spz", 10**8) == result.gaussians
     assert np.isfinite(gaussians.positions).all() and np.isfinite(gaussians.log_scales).all()
     # MCMC densification ran: more gaussians than SfM points, within the cap.
     points = json.loads((job.sfm_result).read_text())["points"]

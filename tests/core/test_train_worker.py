@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from sharpml import splat
-from sharpml.contract import TrainResult
+from sharpml.contract import SpzCheck, TrainResult
 from sharpml.layout import JobDir
 from sharpml.train.runpod_worker import extract_scene, handle, parse_input
 
@@ -86,6 +86,7 @@ def job_input(store: Store, **overrides: object) -> dict:
         "upload": {
             "splat": store.url("/out/scene.splat?sig=1"),
             "ply": store.url("/out/point_cloud.ply?sig=2"),
+            "spz": store.url("/out/scene.spz?sig=4"),
             "result": store.url("/out/result.json?sig=3"),
         },
         "options": {"steps": 6, "max_image_size": 48, "max_gaussians": 2000, "seed": 1},
@@ -135,7 +136,7 @@ def test_downloads_trains_reports_progress_and_uploads(store: Store, reconstruct
     job = {"id": "job-1", "input": job_input(store)}
     result = handle(job, progress_sink=lambda j, p: sent.append((j, p)), allow_http=True)
     assert "error" not in result, result
-    assert result["uploaded"] == ["ply", "result", "splat"]
+    assert result["uploaded"] == ["ply", "result", "splat", "spz"]
     record = TrainResult.from_json({k: v for k, v in result.items() if k != "uploaded"})
     assert record.ok and record.steps == 6 and (record.width, record.height) == (48, 36)
     assert record.preview_psnr is not None and record.test_views == 2
@@ -144,9 +145,13 @@ def test_downloads_trains_reports_progress_and_uploads(store: Store, reconstruct
         "/out/scene.splat?sig=1",
         "/out/point_cloud.ply?sig=2",
         "/out/result.json?sig=3",
+        "/out/scene.spz?sig=4",
     }
     splat_bytes = store.puts["/out/scene.splat?sig=1"]
     assert len(splat_bytes) == 32 * record.gaussians
+    check = SpzCheck("scene.spz")
+    check.feed(store.puts["/out/scene.spz?sig=4"])
+    assert check.count() == record.gaussians
     assert json.loads(store.puts["/out/result.json?sig=3"]) == record.to_json()
     # Progress went to RunPod with the job, stage by stage, ending with the upload.
     assert all(j is job for j, _ in sent)

@@ -56,14 +56,15 @@ def test_an_operator_killed_while_delivering_resumes_and_delivers_once(
     assert status["phase"] == "Complete", status
     outputs = status["outputs"]
     assert outputs["backup"]["state"] == "Done" and outputs["source"] == "preview"
-    (art,) = outputs["artifacts"]
     # The files were not written again: the recorded delivery stands, and the backup is its bytes.
-    assert {k: v for k, v in art.items() if k != "s3Key"} == recorded[0]
-    local = (data_volume.root / art["path"]).read_bytes()
-    backed = (s3_server.data_dir / bucket / art["s3Key"]).read_bytes()
-    assert hashlib.sha256(local).hexdigest() == hashlib.sha256(backed).hexdigest() == art["sha256"]
-    assert art["s3Key"] == "sharpml/artifacts/resumed/scene.splat"
-    assert sorted(p.name for p in (data_volume.root / "splats").iterdir()) == ["resumed.splat"]
+    assert [{k: v for k, v in a.items() if k != "s3Key"} for a in outputs["artifacts"]] == recorded
+    for art in outputs["artifacts"]:
+        local = (data_volume.root / art["path"]).read_bytes()
+        backed = (s3_server.data_dir / bucket / art["s3Key"]).read_bytes()
+        assert hashlib.sha256(local).hexdigest() == hashlib.sha256(backed).hexdigest() == art["sha256"]
+        assert art["s3Key"] == f"sharpml/artifacts/resumed/{art['file']}"
+    assert [a["file"] for a in outputs["artifacts"]] == ["scene.splat", "scene.spz"]
+    assert sorted(p.name for p in (data_volume.root / "splats").iterdir()) == ["resumed.splat", "resumed.spz"]
     reasons = [e["reason"] for e in events_for(control_plane, namespace, "resumed")]
     assert reasons.count("Delivering") == 1 and reasons.count("Complete") == 1, reasons
     assert reasons.index("BackupRetry") < reasons.index("Complete"), reasons

@@ -4,6 +4,7 @@ The same stage on the development control plane is in test_delivery.py."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import struct
@@ -51,6 +52,11 @@ def _ply(n: int, props: int = 14) -> bytes:
     return header.encode() + struct.pack(f"<{n * props}f", *range(n * props))
 
 
+def _spz(n: int) -> bytes:
+    """An SPZ file of ``n`` gaussians, SH degree 0 (the layout :mod:`sharpml.spz` writes)."""
+    return gzip.compress(struct.pack("<IIIBBBB", 0x5053474E, 2, n, 0, 12, 0, 0) + os.urandom(19 * n))
+
+
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     job = JobDir(tmp_path / "jobs" / "chair")
@@ -59,6 +65,8 @@ def data(tmp_path: Path) -> Path:
     job.preview_splat.write_bytes(os.urandom(32 * 50))
     job.trained_splat.write_bytes(os.urandom(32 * 40))
     job.trained_ply.write_bytes(_ply(40))
+    job.preview_spz.write_bytes(_spz(50))
+    job.trained_spz.write_bytes(_spz(40))
     return tmp_path
 
 
@@ -82,11 +90,61 @@ def test_ply_gaussians_reads_the_header_and_checks_the_size() -> None:
         ply_gaussians(b"ply\n", 4)
 
 
-def test_the_preview_has_no_ply_and_a_trained_job_delivers_both(data: Path) -> None:
+def test_the_preview_has_no_ply_and_a_trained_job_delivers_every_format(data: Path) -> None:
     job = JobDir(data / "jobs" / "chair")
-    assert list(artifact_sources(job, "preview")) == ["splat"]
-    assert list(artifact_sources(job, "trained")) == ["splat", "ply"]  # ARTIFACTS' order
+    assert list(artifact_sources(job, "preview")) == ["splat", "spz"]
+    assert list(artifact_sources(job, "trained")) == ["splat", "ply", "spz"]  # ARTIFACTS' order
     assert expires_at("2026-12-02T10:00:00Z", 30 * 86400) == "2027-01-01T10:00:00Z"
+
+
+def test_a_job_from_pods_older_than_spz_is_delivered_without_it(data: Path) -> None:
+    job = JobDir(data / "jobs" / "chair")
+    job.preview_spz.unlink()
+    job.trained_spz.unlink()
+    assert list(artifact_sources(job, "preview")) == ["splat"]
+    assert list(artifact_sources(job, "trained")) == ["splat", "ply"]
+    job.trained_spz.symlink_to(data / "elsewhere.spz")  # dangling, yet there: offered, then refused
+    assert artifact_sources(job, "trained")["spz"] == job.trained_spz
+    with pytest.raises(DeliveryError, match="symlink"):
+        write_artifact(data, "chair", ARTIFACTS["spz"], job.trained_spz, 10**6)
+
+
+@pytest.mark.parametrize(
+    ("mangle", "error"),
+    [
+        (lambda b: b[:-9], "cut short"),
+        (lambda b: b + b"junk", "data after the end"),
+        (lambda b: b + gzip.compress(b"more"), "data after the end"),
+        (lambda b: gzip.compress(gzip.decompress(b)[:-1]), "not the 776 its header needs"),
+        (lambda b: gzip.compress(gzip.decompress(b) + b"x"), "longer than the 776 bytes"),
+        (lambda b: gzip.compress(b"GNSP" + gzip.decompress(b)[4:]), "not an SPZ file"),
+        (lambda b: gzip.compress(gzip.decompress(b)[:4] + b"\3" + gzip.decompress(b)[5:]), "SPZ version 3"),
+        (lambda b: b"\x1f\x8b" + b"\0" * 40, "not a valid gzip stream"),
+        (lambda b: b"PK" + b, "not a valid gzip stream"),
+    ],
+)
+def test_a_malformed_spz_is_refused_and_leaves_nothing(data: Path, mangle: Any, error: str) -> None:
+    src = data / "jobs/chair/output/scene.spz"
+    src.write_bytes(mangle(_spz(40)))
+    with pytest.raises(DeliveryError, match=error):
+        write_artifact(data, "chair", ARTIFACTS["spz"], src, 10**6)
+    assert os.listdir(data / "splats") == []
+
+
+def test_an_spz_bomb_is_refused_without_inflating_it(data: Path) -> None:
+    """A small file whose header promises 40 gaussians and inflates to 1 GiB: refused once the stream
+    passes the 776 bytes the header allows, having inflated at most a step beyond."""
+    import zlib
+
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = z.compress(struct.pack("<IIIBBBB", 0x5053474E, 2, 40, 0, 12, 0, 0))
+    zeros = bytes(1 << 20)
+    bomb += b"".join(z.compress(zeros) for _ in range(1024)) + z.flush()
+    assert len(bomb) < 2 * 1024**2
+    src = data / "jobs/chair/output/scene.spz"
+    src.write_bytes(bomb)
+    with pytest.raises(DeliveryError, match="longer than the 776 bytes"):
+        write_artifact(data, "chair", ARTIFACTS["spz"], src, 10**7)
 
 
 def test_write_artifact_is_atomic_hashed_and_symlink_proof(data: Path, tmp_path: Path) -> None:
@@ -146,7 +204,8 @@ def test_a_preview_job_is_delivered_then_complete_once_even_when_a_step_repeats(
     assert status["phase"] == "Complete" and status["progress"] == {"percent": 100, "stage": "complete"}
     outputs = status["outputs"]
     assert outputs["source"] == "preview" and outputs["gaussians"] == 50 and "backup" not in outputs
-    (art,) = outputs["artifacts"]
+    art, spz = outputs["artifacts"]
+    assert spz["format"] == "spz" and spz["file"] == "scene.spz"
     local = data / art["path"]
     assert art["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest() and art["bytes"] == 1600
     assert local.read_bytes() == (data / "jobs/chair/colmap/preview.splat").read_bytes()
@@ -158,10 +217,10 @@ def test_a_preview_job_is_delivered_then_complete_once_even_when_a_step_repeats(
     # Delivering once, Complete once per run of the step (two runs here, as after a crash; kopf persisted
     # neither, so the job's own record has exactly one Complete).
     assert [r for r, _ in events] == ["Delivering", "Complete", "Complete"]
-    assert sorted(os.listdir(data / "splats")) == ["chair.splat"]
+    assert sorted(os.listdir(data / "splats")) == ["chair.splat", "chair.spz"]
 
 
-def test_a_trained_job_delivers_splat_and_ply(data: Path) -> None:
+def test_a_trained_job_delivers_splat_ply_and_spz(data: Path) -> None:
     pipeline = Pipeline(_settings(data))
     events: list = []
     status = {
@@ -175,14 +234,17 @@ def test_a_trained_job_delivers_splat_and_ply(data: Path) -> None:
     pipeline.step(job, Snapshot())
     out = job.patch.view()["outputs"]
     assert job.phase is Phase.COMPLETE and out["source"] == "trained" and out["gaussians"] == 40
-    assert [a["format"] for a in out["artifacts"]] == ["splat", "ply"]
-    assert (data / "splats/chair.ply").read_bytes() == (
-        data / "jobs/chair/output/point_cloud.ply"
-    ).read_bytes()
+    assert [a["format"] for a in out["artifacts"]] == ["splat", "ply", "spz"]
+    for fmt, name in (("ply", "point_cloud.ply"), ("spz", "scene.spz")):
+        assert (data / f"splats/chair.{fmt}").read_bytes() == (
+            data / f"jobs/chair/output/{name}"
+        ).read_bytes()
 
 
-def test_a_malformed_result_fails_the_job(data: Path) -> None:
-    (data / "jobs/chair/output/point_cloud.ply").write_bytes(_ply(39))  # disagrees with the splat's 40
+@pytest.mark.parametrize("artifact", ["point_cloud.ply", "scene.spz"])
+def test_a_malformed_result_fails_the_job(data: Path, artifact: str) -> None:
+    bad = _ply(39) if artifact.endswith(".ply") else _spz(39)  # disagrees with the splat's 40
+    (data / "jobs/chair/output" / artifact).write_bytes(bad)
     stage = DeliveryStage(_settings(data))
     job = _job(data, {"phase": "Delivering", "outputs": {"source": "trained"}}, [])
     stage.observe(job, Snapshot())

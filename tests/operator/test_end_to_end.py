@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from sharpml.contract import SfmResult
+from sharpml.contract import SfmResult, count_spz
 from sharpml.splat import read_splat
 from tests.operator.conftest import create, events_for, sfm_pods, sharpjob, wait_phase
 
@@ -54,10 +54,11 @@ def test_sharpjob_is_reconstructed_then_complete(
     assert reasons[:5] == ["Queued", "SfmStarted", "SfmSucceeded", "Delivering", "Complete"], reasons
     assert reasons.count("Complete") == 1
 
-    # Delivered: the preview (no PLY) in splats/<id>.splat, exactly as status.outputs records it; no S3.
+    # Delivered: the preview (no PLY) in splats/<id>.splat and .spz, exactly as status.outputs records
+    # them; no S3.
     outputs = status["outputs"]
     assert outputs["source"] == "preview" and "backup" not in outputs
-    (art,) = outputs["artifacts"]
+    art, spz = outputs["artifacts"]
     delivered = (data_volume.root / "splats" / "chair.splat").read_bytes()
     assert art == {
         "format": "splat",
@@ -68,7 +69,9 @@ def test_sharpjob_is_reconstructed_then_complete(
     }
     assert outputs["gaussians"] == len(delivered) // 32 == status["sfm"]["points"]
     assert outputs["deliveredAt"] <= ts["finishedAt"] and outputs["expiresAt"] > outputs["deliveredAt"]
-    assert sorted(p.name for p in (data_volume.root / "splats").iterdir()) == ["chair.splat"]
+    assert sorted(p.name for p in (data_volume.root / "splats").iterdir()) == ["chair.splat", "chair.spz"]
+    assert spz["path"] == "splats/chair.spz" and spz["file"] == "scene.spz"
+    assert count_spz(data_volume.root / spz["path"], 10**8) == outputs["gaussians"]
 
     # The result the operator reported is the one COLMAP wrote, and the preview splat is valid.
     job_root = data_volume.root / job_dir

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sharpml.contract import TrainResult, count_gaussians
+from sharpml.contract import TrainResult, count_gaussians, count_spz
 from sharpml.pricing import RUNPOD_FLEX_USD_PER_SECOND
 from tests.operator.conftest import (
     DataVolume,
@@ -162,6 +162,7 @@ def _assert_trained_once(training: Training, job: dict[str, Any], job_root: Path
     record = TrainResult.read(out / "result.json")
     assert record.ok and record.steps == t["steps"] and count_gaussians(out / "scene.splat") == t["gaussians"]
     assert (out / "point_cloud.ply").read_bytes().startswith(b"ply\n")
+    assert count_spz(out / "scene.spz", 10**8) == t["gaussians"]
     # Exactly one run trained: the request has one claim, its holder is a run of this job, and every
     # other run of the job found the claim taken and did no work.
     runs = {rid: r for rid, r in t["runs"].items() if r["requestId"] == t["requestId"]}
@@ -172,13 +173,13 @@ def _assert_trained_once(training: Training, job: dict[str, Any], job_root: Path
     # Billed once: the status' GPU seconds are RunPod's figures for exactly these runs.
     assert t["gpuSeconds"] == _billed_seconds(training.runpod, list(t["runs"])) > 0
     assert Decimal(t["costUSD"]) == t["gpuSeconds"] * RUNPOD_FLEX_USD_PER_SECOND["L4"]
-    # Delivered: the trained splat and PLY in splats/, as the status records them, and backed up to S3 (the
-    # operator has S3) before Complete.
+    # Delivered: the trained splat, PLY and SPZ in splats/, as the status records them, and backed up to S3
+    # (the operator has S3) before Complete.
     outputs = status["outputs"]
     assert outputs["source"] == "trained" and outputs["gaussians"] == t["gaussians"]
     assert outputs["backup"]["state"] == "Done", outputs
     data_dir = job_root.parents[1]
-    for a, src in zip(outputs["artifacts"], ("scene.splat", "point_cloud.ply"), strict=True):
+    for a, src in zip(outputs["artifacts"], ("scene.splat", "point_cloud.ply", "scene.spz"), strict=True):
         delivered = (data_dir / a["path"]).read_bytes()
         assert delivered == (out / src).read_bytes()
         assert hashlib.sha256(delivered).hexdigest() == a["sha256"] and a["bytes"] == len(delivered)
@@ -293,7 +294,7 @@ def test_product_path_upload_to_download_viewer_and_notifications(
         assert view["training"]["backend"] == "runpod" and view["training"]["cost_usd"] == t["costUSD"]
         assert view["training"]["psnr"] == t["psnr"] and view["phase"] == "Complete"
         artifacts = view["links"]["artifacts"]
-        assert set(artifacts) == {"splat", "ply"}  # no .spz yet: the operator's image has no numpy
+        assert set(artifacts) == {"splat", "ply", "spz"}
         stored = training.volume.root / "splats" / f"{name}.splat"
         for fmt, link in artifacts.items():
             got = httpx.get(link["url"], timeout=60, follow_redirects=True)  # no credentials: the link is all
@@ -320,7 +321,7 @@ def test_product_path_upload_to_download_viewer_and_notifications(
         pixels = np.asarray(Image.open(shots / "complete-canvas.png").convert("RGB")).astype(np.int16)
         drawn = (np.abs(pixels - BACKGROUND).max(axis=2) > 24).mean()
         assert drawn > 0.05, f"the canvas is blank: {drawn:.1%} of it differs from the background"
-        assert sorted(page.locator("#downloads a").all_inner_texts()) == [".ply", ".splat"]
+        assert sorted(page.locator("#downloads a").all_inner_texts()) == [".ply", ".splat", ".spz"]
         assert_no_console_errors(page)
 
         # The webhook and the e-mail, each once.

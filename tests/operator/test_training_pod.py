@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sharpml.contract import TrainResult, count_gaussians
+from sharpml.contract import TrainResult, count_gaussians, count_spz
 from tests.operator.conftest import (
     create,
     events_for,
@@ -119,6 +119,7 @@ def test_cluster_training_pod_trains_once_through_an_operator_restart(
         and count_gaussians(root / "output" / "scene.splat") == t["gaussians"]
     )
     assert (root / "output" / "point_cloud.ply").read_bytes().startswith(b"ply\n")
+    assert count_spz(root / "output" / "scene.spz", 10**8) == t["gaussians"]
     assert not (root / "training").exists()
     # One pod, one container run: the restarted operator adopted it.
     (same,) = [p for p in [_training_pod(control_plane, namespace, "pod-train")] if p]

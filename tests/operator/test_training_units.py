@@ -88,6 +88,7 @@ def _trained_files(directory, gaussians: int = 3) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "scene.splat").write_bytes(b"\0" * 32 * gaussians)
     (directory / "point_cloud.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nend_header\n")
+    (directory / "scene.spz").write_bytes(b"\x1f\x8b")  # checked by delivery, not here
     TrainResult(ok=True, reason=None, steps=10, gaussians=gaussians, device="cpu").write(
         directory / "result.json"
     )
@@ -129,6 +130,7 @@ def test_results_half_moved_by_a_killed_operator_are_accepted_whole(cluster_job)
         "point_cloud.ply",
         "result.json",
         "scene.splat",
+        "scene.spz",
     ]
     assert not (root / "training").exists() and job.patch["training"]["gaussians"] == 3
 

@@ -5,11 +5,13 @@ The stage copies the job's result out of its working directory (which retention 
 them in ``status.outputs`` (the shape is :mod:`sharpml.contract.delivery`'s), backs them up to S3 when
 that is configured, and completes the job.
 
-- **What is delivered.** A trained job: ``output/scene.splat`` and ``output/point_cloud.ply`` (source
-  ``trained``). A job whose training does not apply (``backend: none``): the SfM stage's
-  ``colmap/preview.splat`` only (source ``preview``): the preview is made from the sparse points and has
-  no 3DGS PLY, and none is made up. The SPZ format joins in :func:`artifact_sources` (one place), once
-  the trainer and the SfM pod write it (the operator has no numpy to encode it).
+- **What is delivered.** A trained job: ``output/scene.splat``, ``output/point_cloud.ply`` and
+  ``output/scene.spz`` (source ``trained``). A job whose training does not apply (``backend: none``): the
+  SfM stage's ``colmap/preview.splat`` and ``colmap/preview.spz`` (source ``preview``): the preview is made
+  from the sparse points and has no 3DGS PLY, and none is made up. The SPZ files are written by the pods
+  that have numpy (the trainer, the SfM pod); the operator only checks them, without numpy
+  (:class:`sharpml.contract.SpzCheck`: one whole gzip stream whose length matches its header). A job
+  trained or reconstructed before the pods wrote SPZ is delivered without it.
 - **Atomic and symlink-proof.** Each file is written to a hidden ``.<id>.<format>.<random>.part`` in
   ``splats/`` (created with ``O_EXCL|O_NOFOLLOW`` relative to the opened directory, like
   :mod:`sharpml.layout`), checked, flushed and renamed over the final name; the rename replaces whatever
@@ -47,9 +49,18 @@ from typing import Any
 
 from sharpml.contract import Phase
 from sharpml.contract.delivery import ARTIFACTS, SPLATS_DIR, Artifact
-from sharpml.contract.records import SPLAT_RECORD_BYTES, SplatFormatError, check_splat_size
+from sharpml.contract.records import SPLAT_RECORD_BYTES, SplatFormatError, SpzCheck, check_splat_size
 from sharpml.contract.status import now_rfc3339, seconds_since
-from sharpml.layout import TRAINED_PLY, TRAINED_SPLAT, DataDir, JobDir, UnsafePathError, create_file, open_dir
+from sharpml.layout import (
+    TRAINED_PLY,
+    TRAINED_SPLAT,
+    TRAINED_SPZ,
+    DataDir,
+    JobDir,
+    UnsafePathError,
+    create_file,
+    open_dir,
+)
 from sharpml.storage import Storage, StorageError
 from sharpml_operator import jobfiles
 from sharpml_operator.job import Job
@@ -98,12 +109,11 @@ class Delivered:
 def artifact_sources(directory: JobDir, source: str) -> dict[str, Path]:
     """The files a job delivers, by format, in :data:`ARTIFACTS`' order."""
     if source == "trained":
-        found = {"splat": directory.trained_splat, "ply": directory.trained_ply}
+        found = {"splat": directory.trained_splat, "ply": directory.trained_ply, "spz": directory.trained_spz}
     else:
-        found = {"splat": directory.preview_splat}
-    # The SPZ artifact joins here once the pods that have numpy write it (the trainer from its PLY, the SfM
-    # pod from the preview): sharpml.spz needs numpy, which the operator's image deliberately lacks.
-    # found["spz"] = directory.<its path>
+        found = {"splat": directory.preview_splat, "spz": directory.preview_spz}
+    if not os.path.lexists(found["spz"]):  # from a pod older than SPZ (a symlink is there, and refused)
+        del found["spz"]
     return {fmt: found[fmt] for fmt in ARTIFACTS if fmt in found}
 
 
@@ -137,7 +147,8 @@ def ply_gaussians(header: bytes, size: int) -> int:
 
 
 def gaussians_in(fmt: str, head: bytes, size: int) -> int:
-    """How many gaussians an artifact holds, from its size (splat) or header (PLY); malformed: an error."""
+    """How many gaussians an artifact holds, from its size (splat) or header (PLY); malformed: an error.
+    (SPZ is checked as it streams past: :class:`SpzCheck`.)"""
     if fmt == "splat":
         try:
             check_splat_size("splat", size)
@@ -174,6 +185,7 @@ def write_artifact(
         with open_dir(data_dir / SPLATS_DIR) as dir_fd:
             part = f".{name}.{secrets.token_hex(6)}{PART_SUFFIX}"
             out = create_file(dir_fd, part, 0o640)
+            spz = SpzCheck(source.name) if artifact.format == "spz" else None
             try:
                 digest, size, head = hashlib.sha256(), 0, b""
                 with os.fdopen(out, "wb", closefd=True) as fh:
@@ -184,14 +196,18 @@ def write_artifact(
                         if len(head) < MAX_PLY_HEADER:
                             head += chunk[: MAX_PLY_HEADER - len(head)]
                         digest.update(chunk)
+                        if spz is not None:
+                            spz.feed(chunk)
                         fh.write(chunk)
                     fh.flush()
                     os.fsync(fh.fileno())
-                gaussians = gaussians_in(artifact.format, head, size)
+                gaussians = spz.count() if spz is not None else gaussians_in(artifact.format, head, size)
                 os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(part, dir_fd=dir_fd)
+                if isinstance(exc, SplatFormatError):
+                    raise DeliveryError(str(exc)) from None
                 raise
             os.fsync(dir_fd)
     finally:
@@ -376,4 +392,6 @@ def _max_bytes(fmt: str, cap: int | None) -> int:
     if cap is None:
         return 4 * 1024**3
     limits = result_limits(cap)
-    return {"splat": limits[TRAINED_SPLAT], "ply": limits[TRAINED_PLY]}.get(fmt, 4 * 1024**3)
+    return {"splat": limits[TRAINED_SPLAT], "ply": limits[TRAINED_PLY], "spz": limits[TRAINED_SPZ]}.get(
+        fmt, 4 * 1024**3
+    )

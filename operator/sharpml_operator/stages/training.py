@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from sharpml.contract import Phase, RecordError, TrainResult, count_gaussians
+from sharpml.contract.records import spz_max_bytes
 from sharpml.contract.status import now_rfc3339, seconds_since
-from sharpml.layout import TRAIN_RESULT, TRAINED_PLY, TRAINED_SPLAT, JobDir
+from sharpml.layout import TRAIN_RESULT, TRAINED_PLY, TRAINED_SPLAT, TRAINED_SPZ, JobDir
 from sharpml.storage import Storage, StorageError
 from sharpml_operator import jobfiles, metrics
 from sharpml_operator.job import Job
@@ -245,6 +246,7 @@ class TrainingStage(Stage):
             "upload": {
                 "splat": self.storage.presign_put(self.key(job, prefix + TRAINED_SPLAT), ttl),
                 "ply": self.storage.presign_put(self.key(job, prefix + TRAINED_PLY), ttl),
+                "spz": self.storage.presign_put(self.key(job, prefix + TRAINED_SPZ), ttl),
                 "result": self.storage.presign_put(self.key(job, prefix + TRAIN_RESULT), ttl),
             },
             "claim": {
@@ -525,6 +527,7 @@ def result_limits(cap: int) -> dict[str, int]:
         TRAIN_RESULT: MAX_RESULT_BYTES,
         TRAINED_SPLAT: cap * 32,
         TRAINED_PLY: cap * PLY_BYTES_PER_GAUSSIAN + PLY_HEADER_BYTES,
+        TRAINED_SPZ: spz_max_bytes(cap),
     }
 
 

@@ -21,7 +21,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 from sharpml.contract import RecordError, TrainResult, read_progress
-from sharpml.layout import TRAIN_RESULT, TRAINED_PLY, TRAINED_SPLAT, JobDir, make_dir, open_dir
+from sharpml.layout import TRAIN_RESULT, TRAINED_PLY, TRAINED_SPLAT, TRAINED_SPZ, JobDir, make_dir, open_dir
 from sharpml_operator import pods
 from sharpml_operator.job import Job
 from sharpml_operator.podspec import TRAINING_STAGE, training_pod, training_pod_name
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sharpml.operator")
 PROGRESS = "progress.json"
-RESULT_FILES = (TRAIN_RESULT, TRAINED_SPLAT, TRAINED_PLY)
+RESULT_FILES = (TRAIN_RESULT, TRAINED_SPLAT, TRAINED_PLY, TRAINED_SPZ)
 
 
 class ClusterTraining:
