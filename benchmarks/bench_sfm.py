@@ -50,6 +50,9 @@ CONFIGS = {
     "sharpml": SfmOptions(write_scene=False),
     # What SharpML did before issue 14: first octave 0 whatever the size, one attempt.
     "sharpml-before": SfmOptions(first_octave="0", retry=False, write_scene=False),
+    # Pair selection alone, everything else SharpML's: every pair against retrieval (sharpml.sfm_pairs).
+    "sharpml-exhaustive": SfmOptions(matcher="exhaustive", write_scene=False),
+    "sharpml-retrieval": SfmOptions(matcher="retrieval", write_scene=False),
 }
 REAL_SET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sfm-bundler-et"
 CLASSES = ("small-640", "web-1000", "mm-focal", "street")
@@ -91,6 +94,8 @@ def run(set_name: str, photos: Path, truth: Path | None, config: str, tmp: Path)
         "points": result.points,
         "ok": result.ok,
         "first_octave": result.features.get("first_octave"),
+        "matcher": result.matcher,
+        "timings_s": {k: result.timings.get(k) for k in ("extract", "match", "map")},
         "attempt": result.attempt,
         "attempts": [f"{a['name']}: {a['outcome']}" for a in result.attempts],
         "reason": result.reason,
@@ -106,8 +111,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--classes", nargs="*", default=list(CLASSES), choices=CLASSES)
     parser.add_argument("--sizes", type=int, nargs="*", default=[], help="orbit rows of N 1024x768 photos")
-    parser.add_argument("--real", type=Path, default=REAL_SET, help="a folder of real photos (no truth)")
+    parser.add_argument(
+        "--real",
+        type=lambda s: Path(s) if s else None,
+        default=REAL_SET,
+        help="a folder of real photos (no truth); '' for none",
+    )
     parser.add_argument("--configs", nargs="+", default=["baseline", "sharpml"], choices=sorted(CONFIGS))
+    parser.add_argument("--save-as", default="sfm", help="results/<name>.json (sfm: the README's table)")
     args = parser.parse_args()
     pycolmap.logging.minloglevel = 2
     rows = []
@@ -136,7 +147,7 @@ def main() -> None:
     print("speed-up of sharpml over baseline:", speedups, "total wall:", total)
     print("load average at the end:", os.getloadavg())
     save(
-        "sfm",
+        args.save_as,
         {
             "runs": rows,
             "speedup_vs_baseline": speedups,

@@ -57,6 +57,7 @@ from sharpml.sfm_ladder import (
     name_list,
     rungs,
 )
+from sharpml.sfm_pairs import match_retrieval
 from sharpml.splat import preview_from_points, write_splat
 from sharpml.spz import write_spz
 
@@ -196,6 +197,10 @@ def _match(db_path: Path, matcher: str, opts: SfmOptions, progress: ProgressHook
     matching.num_threads = opts.num_threads
     if matcher == "exhaustive":
         pycolmap.match_exhaustive(db_path, matching_options=matching, device=pycolmap.Device.cpu)
+    elif matcher == "retrieval":
+        pairs = match_retrieval(db_path, matching)
+        progress("match", 1.0, f"retrieval matching done: {pairs} pairs")
+        return
     else:
         pairing = pycolmap.SequentialPairingOptions()
         pairing.overlap = opts.sequential_overlap

@@ -33,8 +33,10 @@ class JobOptions(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    matcher: Literal["exhaustive", "sequential", "auto"] | None = Field(
-        None, description="Feature matching: exhaustive, sequential (capture order) or auto."
+    matcher: Literal["exhaustive", "sequential", "retrieval", "auto"] | None = Field(
+        None,
+        description="Feature matching: exhaustive, sequential (capture order), retrieval (similar photos) "
+        "or auto.",
     )
     mapper: Literal["incremental", "global", "auto"] | None = Field(
         None, description="Sparse reconstruction: incremental, global or auto."

@@ -9,7 +9,7 @@ from typing import Any
 
 from sharpml.settings import REGISTRY
 
-MATCHERS = ("auto", "exhaustive", "sequential")
+MATCHERS = ("auto", "exhaustive", "sequential", "retrieval")
 MAPPERS = ("auto", "incremental", "global")
 #: ``spec.training.backend``: a rented GPU through RunPod serverless, a training pod in the cluster, or
 #: no training (the preview splat is the result). Omitted: the operator's SHARPML_TRAINING_BACKEND.

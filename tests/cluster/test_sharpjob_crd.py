@@ -76,7 +76,10 @@ INVALID = {
     ),
     "unknown-matcher": (
         _job(processing={"matcher": "fast"}),
-        ['spec.processing.matcher: Unsupported value: "fast"', '"exhaustive", "sequential", "auto"'],
+        [
+            'spec.processing.matcher: Unsupported value: "fast"',
+            '"exhaustive", "sequential", "retrieval", "auto"',
+        ],
     ),
     "unknown-training-backend": (
         _job(training={"backend": "colab"}),

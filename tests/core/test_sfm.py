@@ -137,7 +137,10 @@ def test_progress_moves_through_the_stages(reconstructed) -> None:
     assert any(m.startswith("placed ") for s, _, m in progress.calls if s == "map")
 
 
-@pytest.mark.parametrize(("matcher", "mapper"), [("sequential", "incremental"), ("exhaustive", "global")])
+@pytest.mark.parametrize(
+    ("matcher", "mapper"),
+    [("sequential", "incremental"), ("retrieval", "incremental"), ("exhaustive", "global")],
+)
 def test_other_matchers_and_mappers(scene_photos: Dataset, tmp_path: Path, matcher: str, mapper: str) -> None:
     job = ingest(select_uploads([scene_photos.photos_dir]).uploads, DataDir(tmp_path)).job
     # One thread: with several, COLMAP's global mapper is not reproducible even with a fixed seed, and

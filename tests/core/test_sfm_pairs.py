@@ -1,0 +1,53 @@
+"""Pair selection by retrieval (sharpml.sfm_pairs): similar photos found, capture order kept, and the
+number of pairs linear in the photo count. The matcher on a rendered scene is in test_sfm.py."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sharpml.sfm_pairs import select_pairs, vlad
+
+
+def _descriptors(rng: np.random.Generator, words: np.ndarray, picks: np.ndarray, n: int) -> np.ndarray:
+    """SIFT-like uint8 descriptors drawn around the given ``words``."""
+    base = words[rng.choice(picks, n)]
+    return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_photos_of_the_same_place_are_each_others_nearest() -> None:
+    """Three places, four photos each, interleaved in capture order: VLAD groups them by place."""
+    rng = np.random.default_rng(0)
+    words = rng.uniform(0, 120, (90, 128))
+    places = [np.arange(30 * p, 30 * p + 30) for p in range(3)]
+    photos = [_descriptors(rng, words, places[i % 3], 400) for i in range(12)]
+    sig = vlad(photos, words=16, seed=0)
+    assert sig.shape == (12, 16 * 128)
+    np.testing.assert_allclose(np.linalg.norm(sig, axis=1), 1.0, rtol=1e-5)
+    pairs = set(select_pairs(sig, neighbours=3, window=0))
+    same_place = {(i, j) for i in range(12) for j in range(i + 1, 12) if i % 3 == j % 3}
+    assert pairs == same_place  # every photo's 3 nearest are the other 3 of its place, and nothing else
+
+
+def test_capture_order_neighbours_are_always_matched() -> None:
+    sig = np.eye(6, dtype=np.float32)  # nothing alike: retrieval alone would pick arbitrarily
+    pairs = select_pairs(sig, neighbours=0, window=2)
+    assert pairs == [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3), (2, 4), (3, 4), (3, 5), (4, 5)]
+
+
+def test_pairs_grow_linearly_with_the_photo_count() -> None:
+    rng = np.random.default_rng(1)
+    for n in (10, 30, 100):
+        sig = rng.normal(size=(n, 64)).astype(np.float32)
+        sig /= np.linalg.norm(sig, axis=1, keepdims=True)
+        pairs = select_pairs(sig, neighbours=8, window=3)
+        assert len(pairs) == len(set(pairs)) and all(i < j for i, j in pairs)
+        assert len(pairs) <= min(n * (n - 1) // 2, n * 11)
+    assert len(select_pairs(sig, neighbours=8, window=3)) < 100 * 99 // 2 / 4
+
+
+def test_photos_without_features_do_not_break_the_signatures() -> None:
+    rng = np.random.default_rng(2)
+    photos = [rng.integers(0, 255, (200, 128), dtype=np.uint8), np.zeros((0, 128), np.uint8)]
+    sig = vlad(photos, words=8)
+    assert np.isfinite(sig).all() and not sig[1].any()
+    assert not vlad([np.zeros((3, 128), np.uint8)], words=8).any()  # fewer features than words
