@@ -51,3 +51,11 @@ def test_photos_without_features_do_not_break_the_signatures() -> None:
     sig = vlad(photos, words=8)
     assert np.isfinite(sig).all() and not sig[1].any()
     assert not vlad([np.zeros((3, 128), np.uint8)], words=8).any()  # fewer features than words
+
+
+def test_auto_matches_every_pair_of_a_small_set_and_retrieves_above() -> None:
+    from sharpml.sfm import RETRIEVAL_ABOVE, SfmOptions
+
+    assert SfmOptions().resolved_matcher(RETRIEVAL_ABOVE) == "exhaustive"
+    assert SfmOptions().resolved_matcher(RETRIEVAL_ABOVE + 1) == "retrieval"
+    assert SfmOptions(matcher="sequential").resolved_matcher(100) == "sequential"
