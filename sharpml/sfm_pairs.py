@@ -10,9 +10,10 @@ power-normalised: Jégou et al., Arandjelović and Zisserman), and each photo is
 - and its ``window`` successors in capture order, which keeps a walk or a video chained even where the
   view changes too fast for retrieval.
 
-Pairs: at most ``N · (neighbours + window)``, usually fewer as mutual neighbours coincide. A job whose
-retrieved pairs leave it short of the quality gate is retried by the ladder with exhaustive matching
-(:func:`sharpml.sfm._retry_matcher`), so retrieval can only cost a retry, never a rejection.
+Pairs: at most ``N · (neighbours + window)``, usually fewer as mutual neighbours coincide. A job of up
+to 60 photos whose retrieved pairs leave it short of the quality gate is retried by the ladder with
+richer features matched exhaustively (:func:`sharpml.sfm._retry_matcher`; above 60, sequentially), so
+there retrieval costs a retry, not a rejection.
 """
 
 from __future__ import annotations
@@ -41,21 +42,23 @@ def _root_sift(d: np.ndarray) -> np.ndarray:
 def vlad(descriptors: list[np.ndarray], words: int = VOCABULARY_WORDS, seed: int = 0) -> np.ndarray:
     """One L2-normalised VLAD row per photo (a photo without features gets a zero row)."""
     rng = np.random.default_rng(seed)
-    feats = [_root_sift(d) for d in descriptors]
-    pool = np.concatenate([f for f in feats if len(f)] or [np.zeros((0, 128), np.float32)])
-    if len(pool) < words:
-        return np.zeros((len(feats), words * 128), np.float32)
-    sample = pool[rng.choice(len(pool), min(len(pool), VOCABULARY_SAMPLE), replace=False)]
-    centres, _ = kmeans2(sample, words, iter=10, minit="points", seed=rng)
-    out = np.zeros((len(feats), words, 128), np.float32)
-    for i, f in enumerate(feats):
-        if not len(f):
+    total = sum(len(d) for d in descriptors)
+    out = np.zeros((len(descriptors), words, 128), np.float32)
+    if total < words:
+        return out.reshape(len(descriptors), -1)
+    # The vocabulary's sample, drawn photo by photo: only it and one photo at a time are ever float.
+    share = min(1.0, VOCABULARY_SAMPLE / total)
+    sample = np.concatenate([_root_sift(d[rng.random(len(d)) < share]) for d in descriptors if len(d)])
+    centres, _ = kmeans2(sample, min(words, len(sample)), iter=10, minit="points", seed=rng)
+    for i, d in enumerate(descriptors):
+        if not len(d):
             continue
+        f = _root_sift(d)
         # nearest word by squared distance, |c|^2 - 2 f.c (|f|^2 is the same for every word)
         label = np.argmin((centres**2).sum(axis=1) - 2.0 * f @ centres.T, axis=1)
         np.add.at(out[i], label, f - centres[label])
     out /= np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)  # intra-normalisation
-    flat = out.reshape(len(feats), -1)
+    flat = out.reshape(len(descriptors), -1)
     flat = np.sign(flat) * np.sqrt(np.abs(flat))  # power normalisation
     return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
 

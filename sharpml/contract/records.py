@@ -249,13 +249,15 @@ def spz_max_bytes(count: int) -> int:
 class SpzCheck:
     """The gaussian count of an SPZ file fed in chunks, once its whole stream is checked: one gzip
     member, a version-2 header and exactly the bytes its count and SH degree need. Decompresses a
-    bounded amount at a time and keeps nothing, so a gzip bomb costs time, not memory; needs no numpy
-    (the operator checks what untrusted pods wrote with it)."""
+    bounded amount at a time and keeps nothing; a header counting more than ``max_count`` gaussians is
+    refused at once, so a gzip bomb inflates at most what ``max_count`` honest gaussians would. Needs
+    no numpy (the operator checks what untrusted pods wrote with it)."""
 
     _STEP = 1 << 20
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, max_count: int | None = None) -> None:
         self.name = name
+        self.max_count = max_count
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._head = b""
         self._expected: int | None = None
@@ -293,6 +295,8 @@ class SpzCheck:
             raise SplatFormatError(f"{self.name}: SPZ header with SH degree {degree}, reserved {reserved}")
         if count == 0:
             raise SplatFormatError(f"{self.name}: no gaussians")
+        if self.max_count is not None and count > self.max_count:
+            raise SplatFormatError(f"{self.name}: {count} gaussians, more than the {self.max_count} expected")
         return SPZ_HEADER.size + count * (SPZ_POINT_BYTES + 3 * SPZ_SH_DIM[degree])
 
     def count(self) -> int:
@@ -306,16 +310,16 @@ class SpzCheck:
         )
 
 
-def count_spz(path: Path, limit: int) -> int:
-    """Number of gaussians in an SPZ file of at most ``limit`` bytes, refusing symlinks and anything that
-    is not a regular file holding one whole, consistent SPZ stream."""
+def count_spz(path: Path, limit: int, max_count: int | None = None) -> int:
+    """Number of gaussians (at most ``max_count``) in an SPZ file of at most ``limit`` bytes, refusing
+    symlinks and anything that is not a regular file holding one whole, consistent SPZ stream."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     name = Path(path).name
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             raise SplatFormatError(f"{name}: not a regular file of at most {limit} bytes")
-        check = SpzCheck(name)
+        check = SpzCheck(name, max_count)
         while chunk := fh.read(1 << 20):
             check.feed(chunk)
     return check.count()

@@ -131,6 +131,26 @@ def test_a_malformed_spz_is_refused_and_leaves_nothing(data: Path, mangle: Any, 
     assert os.listdir(data / "splats") == []
 
 
+def test_an_spz_counting_more_than_the_splat_is_refused_at_its_header(data: Path) -> None:
+    """The header's count bounds the inflation, so it is held to what the .splat holds (or the cap)
+    before anything is inflated: a 4-billion-gaussian header fails at once, not after hours."""
+    import zlib
+
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = z.compress(struct.pack("<IIIBBBB", 0x5053474E, 2, 2**32 - 1, 3, 12, 0, 0))
+    bomb += b"".join(z.compress(bytes(1 << 20)) for _ in range(64)) + z.flush()
+    src = data / "jobs/chair/output/scene.spz"
+    src.write_bytes(bomb)
+    with pytest.raises(DeliveryError, match="4294967295 gaussians, more than the 40 expected"):
+        write_artifact(data, "chair", ARTIFACTS["spz"], src, 10**7, max_gaussians=40)
+    src.write_bytes(_spz(41))
+    stage = DeliveryStage(_settings(data))
+    job = _job(data, {"phase": "Delivering", "outputs": {"source": "trained"}}, [])
+    stage.observe(job, Snapshot())
+    assert job.phase is Phase.FAILED and "41 gaussians, more than the 40 expected" in job.patch["message"]
+    assert os.listdir(data / "splats") == []  # the splat and PLY written before it are not kept either
+
+
 def test_an_spz_bomb_is_refused_without_inflating_it(data: Path) -> None:
     """A small file whose header promises 40 gaussians and inflates to 1 GiB: refused once the stream
     passes the 776 bytes the header allows, having inflated at most a step beyond."""

@@ -135,6 +135,44 @@ def test_results_half_moved_by_a_killed_operator_are_accepted_whole(cluster_job)
     assert not (root / "training").exists() and job.patch["training"]["gaussians"] == 3
 
 
+def test_results_of_a_trainer_older_than_spz_are_accepted_without_it(cluster_job):
+    """A training pod of an image from before SPZ: no scene.spz, and the job is trained all the same
+    (delivery then goes without the .spz)."""
+    stage, job, root, events = cluster_job()
+    _trained_files(root / "training")
+    (root / "training" / "scene.spz").unlink()
+    stage.cluster._succeeded(job, stage.job_dir(job))
+    assert job.phase is Phase.TRAINED and events == ["TrainingSucceeded"], job.patch.view()
+    assert sorted(p.name for p in (root / "output").iterdir()) == [
+        "point_cloud.ply",
+        "result.json",
+        "scene.splat",
+    ]
+
+
+@pytest.mark.s3
+def test_a_runpod_run_from_before_spz_is_collected_without_it(cluster_job, s3_server):
+    """A RunPod run in flight across the operator's upgrade uploaded no scene.spz: the results are fetched
+    from the real S3 server without it; a missing splat still fails the job."""
+    from tests.storage.conftest import storage_for
+
+    storage = storage_for(s3_server)
+    storage.ensure_bucket()
+    for missing, phase in (("scene.spz", Phase.TRAINED), ("scene.splat", Phase.FAILED)):
+        stage, job, root, _ = cluster_job()
+        stage = TrainingStage(stage.settings, storage=storage)
+        _trained_files(root / "made")
+        t = {"requestId": f"r-{missing}"}
+        for f in (root / "made").iterdir():
+            if f.name != missing:
+                storage.put_file(stage.key(job, f"{t['requestId']}/{f.name}"), f)
+        stage._collect(job, t)
+        assert job.phase is phase, (missing, job.patch.view())
+        assert not (root / "output" / "scene.spz").exists()
+        assert not list((root / "output").glob(".incoming-*"))
+    assert "ResultMissing" in str(job.patch.view()["conditions"])
+
+
 def test_a_vanished_training_pod_is_never_started_again(cluster_job, monkeypatch):
     """The recorded pod is gone (deleted, evicted with its node): results it finished are taken, a failure
     it recorded is the reason, otherwise the job fails PodLost; no second pod, ever."""

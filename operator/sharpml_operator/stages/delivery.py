@@ -49,7 +49,13 @@ from typing import Any
 
 from sharpml.contract import Phase
 from sharpml.contract.delivery import ARTIFACTS, SPLATS_DIR, Artifact
-from sharpml.contract.records import SPLAT_RECORD_BYTES, SplatFormatError, SpzCheck, check_splat_size
+from sharpml.contract.records import (
+    SPLAT_RECORD_BYTES,
+    SplatFormatError,
+    SpzCheck,
+    check_splat_size,
+    spz_max_bytes,
+)
 from sharpml.contract.status import now_rfc3339, seconds_since
 from sharpml.layout import (
     TRAINED_PLY,
@@ -161,10 +167,16 @@ def gaussians_in(fmt: str, head: bytes, size: int) -> int:
 
 
 def write_artifact(
-    data_dir: Path, job_id: str, artifact: Artifact, source: Path, max_bytes: int
+    data_dir: Path,
+    job_id: str,
+    artifact: Artifact,
+    source: Path,
+    max_bytes: int,
+    max_gaussians: int | None = None,
 ) -> Delivered:
     """Copy ``source`` (never through a symlink, a regular file of at most ``max_bytes``) to
-    ``splats/<id>.<format>`` atomically, hashing and checking it on the way."""
+    ``splats/<id>.<format>`` atomically, hashing and checking it on the way (an SPZ whose header counts
+    more than ``max_gaussians`` is refused before it is inflated)."""
     final = artifact.local_name(job_id)
     name = final.rsplit("/", 1)[1]
     if "/" in job_id or job_id.startswith(".") or not job_id:
@@ -185,7 +197,7 @@ def write_artifact(
         with open_dir(data_dir / SPLATS_DIR) as dir_fd:
             part = f".{name}.{secrets.token_hex(6)}{PART_SUFFIX}"
             out = create_file(dir_fd, part, 0o640)
-            spz = SpzCheck(source.name) if artifact.format == "spz" else None
+            spz = SpzCheck(source.name, max_gaussians) if artifact.format == "spz" else None
             try:
                 digest, size, head = hashlib.sha256(), 0, b""
                 with os.fdopen(out, "wb", closefd=True) as fh:
@@ -312,10 +324,14 @@ class DeliveryStage(Stage):
         """Write the artifacts to ``splats/`` and return ``status.outputs`` describing them."""
         directory = jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir or "", job.name)
         cap = job.spec.max_gaussians if source == "trained" else None
-        delivered = []
+        delivered: list[Delivered] = []
         for fmt, path in artifact_sources(directory, source).items():
-            limit = _max_bytes(fmt, cap)
-            delivered.append(write_artifact(self.settings.data_dir, job.name, ARTIFACTS[fmt], path, limit))
+            limit, count = _max_bytes(fmt, cap), cap
+            if fmt == "spz" and delivered:  # the .splat comes first (ARTIFACTS' order): SPZ must match it
+                count = delivered[0].gaussians
+                limit = min(limit, spz_max_bytes(count))
+            art = write_artifact(self.settings.data_dir, job.name, ARTIFACTS[fmt], path, limit, count)
+            delivered.append(art)
         counts = {d.gaussians for d in delivered}
         if len(counts) != 1:
             raise DeliveryError(f"the artifacts disagree on the number of gaussians: {sorted(counts)}")

@@ -416,7 +416,11 @@ class TrainingStage(Stage):
         try:
             try:
                 for name, limit in result_limits(job.spec.max_gaussians).items():
-                    self.storage.get_bounded(self.key(job, prefix + name), staging / name, limit)
+                    try:
+                        self.storage.get_bounded(self.key(job, prefix + name), staging / name, limit)
+                    except StorageError as exc:
+                        if not (name in OPTIONAL_RESULTS and exc.reason == "not-found"):
+                            raise
             except StorageError as exc:
                 if exc.retryable:
                     raise
@@ -434,8 +438,10 @@ class TrainingStage(Stage):
         directory = self.job_dir(job)
         cap = job.spec.max_gaussians
         limits = result_limits(cap)
+        present = [n for n in limits if n not in OPTIONAL_RESULTS or os.path.lexists(source / n)]
         try:
-            for name, limit in limits.items():
+            for name in present:
+                limit = limits[name]
                 st = os.lstat(source / name)
                 if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
                     raise ValueError(f"{name}: not a regular file of at most {limit} bytes")
@@ -455,7 +461,7 @@ class TrainingStage(Stage):
             )
             return
         directory.output.mkdir(mode=0o750, exist_ok=True)
-        for name in limits:
+        for name in present:
             os.replace(source / name, directory.output / name)
         t = {
             **t,
@@ -519,6 +525,11 @@ class TrainingStage(Stage):
             return self.cluster.stopped(job, snap)
         self.stop(job, snap)
         return True
+
+
+#: Results a trainer from before SPZ does not write (a RunPod run in flight across the operator's upgrade,
+#: a training pod of an older image): their absence is no failure, and delivery goes without them.
+OPTIONAL_RESULTS = frozenset({TRAINED_SPZ})
 
 
 def result_limits(cap: int) -> dict[str, int]:
