@@ -325,20 +325,26 @@ class DeliveryStage(Stage):
         directory = jobfiles.job_dir(self.settings.data_dir, job.spec.job_dir or "", job.name)
         cap = job.spec.max_gaussians if source == "trained" else None
         delivered: list[Delivered] = []
-        for fmt, path in artifact_sources(directory, source).items():
-            limit, count = _max_bytes(fmt, cap), cap
-            if fmt == "spz" and delivered:  # the .splat comes first (ARTIFACTS' order): SPZ must match it
-                count = delivered[0].gaussians
-                limit = min(limit, spz_max_bytes(count))
-            art = write_artifact(self.settings.data_dir, job.name, ARTIFACTS[fmt], path, limit, count)
-            delivered.append(art)
-        counts = {d.gaussians for d in delivered}
-        if len(counts) != 1:
-            raise DeliveryError(f"the artifacts disagree on the number of gaussians: {sorted(counts)}")
-        (gaussians,) = counts
-        trained = job.status.training.get("gaussians")
-        if source == "trained" and trained is not None and trained != gaussians:
-            raise DeliveryError(f"{gaussians} gaussians delivered, {trained} recorded by training")
+        try:
+            for fmt, path in artifact_sources(directory, source).items():
+                limit, count = _max_bytes(fmt, cap), cap
+                if fmt == "spz" and delivered:  # the .splat comes first (ARTIFACTS' order): SPZ matches it
+                    count = delivered[0].gaussians
+                    limit = min(limit, spz_max_bytes(count))
+                art = write_artifact(self.settings.data_dir, job.name, ARTIFACTS[fmt], path, limit, count)
+                delivered.append(art)
+            counts = {d.gaussians for d in delivered}
+            if len(counts) != 1:
+                raise DeliveryError(f"the artifacts disagree on the number of gaussians: {sorted(counts)}")
+            (gaussians,) = counts
+            trained = job.status.training.get("gaussians")
+            if source == "trained" and trained is not None and trained != gaussians:
+                raise DeliveryError(f"{gaussians} gaussians delivered, {trained} recorded by training")
+        except (DeliveryError, UnsafePathError):
+            for d in delivered:  # a failed job keeps no half of a delivery
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.settings.data_dir / d.path)
+            raise
         delivered_at = now_rfc3339()
         outputs = {
             "source": source,
