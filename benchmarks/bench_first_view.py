@@ -28,9 +28,8 @@ import time
 from pathlib import Path
 
 import pycolmap
-from common import save
+from common import pose_error, save
 
-from sharpml.evaluation import evaluate_job
 from sharpml.intake import ingest, select_uploads
 from sharpml.layout import DataDir
 from sharpml.sfm import SfmOptions, reconstruct
@@ -63,11 +62,7 @@ def run(photos: Path, truth: Path | None, config: str, tmp: Path) -> dict:
         "keypoints_per_photo": round(keypoints_per_photo(job.colmap / "database.db")),
         "attempts": [f"{a['name']}: {a['outcome']}" for a in result.attempts],
     }
-    if truth is not None and truth.is_file() and result.registered >= 3:
-        acc = evaluate_job(job, truth)
-        row["centre_error_mean_pct"] = round(acc.mean_error * 100, 3)
-        row["rotation_error_deg"] = round(acc.mean_rotation_error_deg, 3)
-    return row
+    return {**row, **pose_error(job, truth, result.registered)}
 
 
 def main() -> None:

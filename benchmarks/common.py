@@ -54,3 +54,16 @@ def save(name: str, results: object) -> Path:
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"results -> {path}")
     return path
+
+
+def pose_error(job: object, truth: Path | None, registered: int) -> dict[str, float]:
+    """The pose-error columns of an SfM row against a rendered set's true cameras (none without them)."""
+    if truth is None or not Path(truth).is_file() or registered < 3:
+        return {}
+    from sharpml.evaluation import evaluate_job
+
+    acc = evaluate_job(job, truth)  # type: ignore[arg-type]
+    return {
+        "centre_error_mean_pct": round(acc.mean_error * 100, 3),
+        "rotation_error_deg": round(acc.mean_rotation_error_deg, 3),
+    }
