@@ -13,7 +13,10 @@ default options (exhaustive matching, incremental mapping, 3200 px, first octave
 - ``street``: 12 photos of 640x480 walking forward down a street, with GPS;
 - ``orbit-1024-N``: the earlier speed rows (``--sizes``), N photos of 1024x768 around the scene;
 - ``real-et``: the real set ``../shared/data/sfm-bundler-et`` (9 photos, 640x480, mm focal length
-  only) when present, or any folder given with ``--real`` (no ground truth: no pose error).
+  only) when present, or any folder given with ``--real`` (no ground truth: no pose error);
+- ``large-N``: a set of large photos given with ``--large DIR`` (``DIR/photos`` and, when present,
+  ``DIR/ground_truth.json``, as ``sharpml sample-photos`` or ``bench_first_view.py`` render them):
+  the 12 MP phone-photo row, where SharpML's size-based choices differ most from COLMAP's.
 
 Undistortion is left out of both: it costs the same whatever the choices.
 
@@ -112,6 +115,9 @@ def main() -> None:
         default=REAL_SET,
         help="a folder of real photos (no truth); '' for none",
     )
+    parser.add_argument(
+        "--large", type=Path, action="append", default=[], help="a rendered set: DIR/photos (+ ground truth)"
+    )
     parser.add_argument("--configs", nargs="+", default=["baseline", "sharpml"], choices=sorted(CONFIGS))
     parser.add_argument("--save-as", default="sfm", help="results/<name>.json (sfm: the README's table)")
     args = parser.parse_args()
@@ -123,6 +129,10 @@ def main() -> None:
         todo: list[tuple[str, Path, Path | None]] = []
         if args.real and args.real.is_dir():
             todo.append((f"real-{args.real.name}", args.real, None))
+        for large in args.large:
+            truth = large / "ground_truth.json"
+            count = sum(1 for _ in (large / "photos").iterdir())
+            todo.append((f"large-{count}", large / "photos", truth if truth.exists() else None))
         for name in sets:
             t0 = time.perf_counter()
             ds = render(name, tmp / name)

@@ -57,7 +57,14 @@ from sharpml.sfm_ladder import (
     name_list,
     rungs,
 )
-from sharpml.sfm_pairs import match_retrieval
+from sharpml.sfm_pairs import (
+    RETRIEVAL_NEIGHBOURS,
+    RETRIEVAL_WINDOW,
+    RETRY_NEIGHBOURS,
+    RETRY_WINDOW,
+    match_retrieval,
+    retrieval_pair_bound,
+)
 from sharpml.splat import preview_from_points, write_splat
 from sharpml.spz import write_spz
 
@@ -66,7 +73,7 @@ from sharpml.spz import write_spz
 #: within 0.003 % of the scene size of exhaustive matching's (benchmarks/results/sfm-pairs.json); on
 #: smaller sets it saves little, since each photo's neighbours are most of the set.
 RETRIEVAL_ABOVE = 20
-#: Retries match every pair up to this many photos (sequential with a wider overlap above).
+#: Retries match every pair up to this many photos, and by retrieval twice as wide above.
 EXHAUSTIVE_RETRY_AT_MOST = 60
 #: Plausible focal lengths as a multiple of the photo's longest side: a 170-degree fisheye to a
 #: 5-degree telephoto (beyond, the model is degenerate, not a lens).
@@ -166,7 +173,7 @@ def _extract(
     extraction.sift.peak_threshold = plan.peak_threshold
     groups = _camera_groups(images)
     done = 0
-    batch = max(1, len(images) // 10)  # several calls, so progress moves during extraction
+    batch = _extraction_batch(len(images), opts.num_threads)
     for (w, h, f), names in groups.items():
         camera_id = -1
         for start in range(0, len(names), batch):
@@ -194,25 +201,65 @@ def _extract(
     return len(groups)
 
 
-def _match(db_path: Path, matcher: str, opts: SfmOptions, progress: ProgressHook) -> None:
+def _extraction_batch(n: int, num_threads: int) -> int:
+    """Photos per extraction call: several calls, so progress moves during extraction, but each
+    with at least one photo per thread — COLMAP extracts a call's photos in parallel, and one photo
+    a call left a core idle (12 photos of 640x480: 5.8 s one at a time, 2.8 s in one call)."""
+    threads = num_threads if num_threads > 0 else (os.cpu_count() or 1)
+    per_tenth = max(1, n // 10)
+    return threads * math.ceil(per_tenth / threads)
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """Which photo pairs an attempt matches: a matcher, and for retrieval how wide it looks."""
+
+    matcher: str
+    neighbours: int = RETRIEVAL_NEIGHBOURS
+    window: int = RETRIEVAL_WINDOW
+
+    def pairs(self, n: int, overlap: int) -> int:
+        """How many pairs it matches among ``n`` photos (for retrieval, at most)."""
+        if self.matcher == "exhaustive":
+            return n * (n - 1) // 2
+        if self.matcher == "retrieval":
+            return retrieval_pair_bound(n, self.neighbours, self.window)
+        # sequential with quadratic overlap: the next `overlap` photos and those 2^k ahead
+        ahead = {*range(1, overlap + 1), *(2**k for k in range(overlap))}
+        return sum(1 for i in range(n) for d in ahead if i + d < n)
+
+
+def _retry_pairing(n: int) -> Pairing:
+    """A retry matches every pair up to :data:`EXHAUSTIVE_RETRY_AT_MOST` photos: the capture order may
+    not be the overlap order, and the first attempt's retrieval may have missed a photo's neighbours.
+    Above, every pair would cost hours (4 950 pairs at 100 photos), so it retrieves twice as wide."""
+    if n <= EXHAUSTIVE_RETRY_AT_MOST:
+        return Pairing("exhaustive")
+    return Pairing("retrieval", RETRY_NEIGHBOURS, RETRY_WINDOW)
+
+
+def _match(db_path: Path, pairing: Pairing, n: int, opts: SfmOptions, progress: ProgressHook) -> int:
+    """Match and verify the chosen pairs; returns how many pairs were matched."""
+    matcher = pairing.matcher
     progress("match", 0.0, f"{matcher} matching")
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = opts.num_threads
     if matcher == "exhaustive":
         pycolmap.match_exhaustive(db_path, matching_options=matching, device=pycolmap.Device.cpu)
     elif matcher == "retrieval":
-        pairs = match_retrieval(db_path, matching)
+        pairs = match_retrieval(db_path, matching, pairing.neighbours, pairing.window)
         progress("match", 1.0, f"retrieval matching done: {pairs} pairs")
-        return
+        return pairs
     else:
-        pairing = pycolmap.SequentialPairingOptions()
-        pairing.overlap = opts.sequential_overlap
-        pairing.quadratic_overlap = True
-        pairing.loop_detection = False  # needs a vocabulary tree download
+        sequential = pycolmap.SequentialPairingOptions()
+        sequential.overlap = opts.sequential_overlap
+        sequential.quadratic_overlap = True
+        sequential.loop_detection = False  # needs a vocabulary tree download
         pycolmap.match_sequential(
-            db_path, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu
+            db_path, matching_options=matching, pairing_options=sequential, device=pycolmap.Device.cpu
         )
     progress("match", 1.0, f"{matcher} matching done")
+    return pairing.pairs(n, opts.sequential_overlap)
 
 
 def _map(
@@ -544,6 +591,7 @@ def reconstruct(
             timings[stage] = round(timings.get(stage, 0.0) + time.monotonic() - t0, 3)
 
     dbs: dict[tuple[int, int, float], Path] = {}
+    first_stages: dict[str, float] = {}  # the planned attempt's seconds by stage, and its pairs
     attempts: list[_Attempt] = []
     chosen: _Attempt | None = None
     for k, rung in enumerate(ladder):
@@ -552,11 +600,9 @@ def reconstruct(
         record["features"] = rung.features.to_json()
         record["relaxed_init"] = rung.relaxed_init
         new_db = rung.features.key not in dbs
+        pairing = Pairing(matcher) if k == 0 else _retry_pairing(n)
         if k > 0:
-            # New features: the first attempt again, 4x (upsampled extraction took 3-4x as long as
-            # native on the real set); the same features: mapping again, twice (a global check).
-            first = attempts[0].record.get("seconds", 0.0)
-            estimate = 4.0 * first if new_db else 2.0 * timings.get("map", 0.0)
+            estimate = _retry_estimate(first_stages, new_db, pairing.pairs(n, opts.sequential_overlap))
             if elapsed + estimate > RETRY_SHARE_OF_BUDGET * opts.time_budget_s:
                 record["outcome"] = (
                     f"skipped (time): about {estimate:.0f} s would pass the {opts.time_budget_s:.0f} s budget"
@@ -584,10 +630,13 @@ def reconstruct(
             if new_db:
                 cams = timed("extract", _extract, job, db_path, images, opts, rung.features, hook)
                 result.cameras = result.cameras or cams
-                timed("match", _match, db_path, matcher if k == 0 else _retry_matcher(n), opts, hook)
+                pairs = timed("match", _match, db_path, pairing, n, opts, hook)
                 dbs[rung.features.key] = db_path
-                record["matcher"] = matcher if k == 0 else _retry_matcher(n)
+                record["matcher"] = pairing.matcher
+                record["pairs"] = pairs
             recs = timed("map", _map, db_path, job, attempt.sparse, rung, n, opts, hook)
+            if k == 0:
+                first_stages.update(timings, pairs=pairs)
         except Exception as exc:
             if k == 0:
                 result.reason = f"structure from motion failed: {exc}"
@@ -694,10 +743,16 @@ def _only_isolated_unplaced(attempts: Sequence[_Attempt], db_path: Path, source_
     return all(matched.get(name, 0) == 0 for name in unplaced)
 
 
-def _retry_matcher(n: int) -> str:
-    """A retry matches every pair up to :data:`EXHAUSTIVE_RETRY_AT_MOST` photos: the capture order
-    may not be the overlap order (loop detection would need a vocabulary tree, not available offline)."""
-    return "exhaustive" if n <= EXHAUSTIVE_RETRY_AT_MOST else "sequential"
+def _retry_estimate(first: dict[str, float], new_db: bool, pairs: int) -> float:
+    """Seconds a retry should take, from the planned attempt's stages. New features: extraction 4x
+    (upsampled extraction took 3-4x as long as native on the real set), matching 4x a pair (twice
+    the keypoints) times the pairs it adds, mapping twice; the same features: mapping twice (a
+    global check), nothing else."""
+    mapping = 2.0 * first.get("map", 0.0)
+    if not new_db:
+        return mapping
+    per_pair = first.get("match", 0.0) / max(first.get("pairs", 1), 1)
+    return 4.0 * first.get("extract", 0.0) + 4.0 * per_pair * pairs + mapping
 
 
 def _retry_progress(progress: ProgressHook, k: int, total: int, name: str) -> ProgressHook:

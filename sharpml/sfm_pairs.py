@@ -10,10 +10,10 @@ power-normalised: Jégou et al., Arandjelović and Zisserman), and each photo is
 - and its ``window`` successors in capture order, which keeps a walk or a video chained even where the
   view changes too fast for retrieval.
 
-Pairs: at most ``N · (neighbours + window)``, usually fewer as mutual neighbours coincide. A job of up
-to 60 photos whose retrieved pairs leave it short of the quality gate is retried by the ladder with
-richer features matched exhaustively (:func:`sharpml.sfm._retry_matcher`; above 60, sequentially), so
-there retrieval costs a retry, not a rejection.
+Pairs: at most ``N · (neighbours + window)``, usually fewer as mutual neighbours coincide. A job whose
+retrieved pairs leave it short of the quality gate is retried by the ladder with richer features,
+matched exhaustively up to 60 photos and by retrieval twice as wide above
+(:func:`sharpml.sfm._retry_pairing`), so retrieval costs a retry, not a rejection.
 """
 
 from __future__ import annotations
@@ -30,6 +30,15 @@ VOCABULARY_SAMPLE = 40_000
 #: Each photo is matched with this many most similar photos, and this many next in capture order.
 RETRIEVAL_NEIGHBOURS = 8
 RETRIEVAL_WINDOW = 3
+#: A retry's retrieval (the ladder's richer features, on sets too large to match every pair) looks
+#: twice as wide: a photo whose 8 look-alikes missed its true neighbours gets 16.
+RETRY_NEIGHBOURS = 16
+RETRY_WINDOW = 6
+
+
+def retrieval_pair_bound(n: int, neighbours: int, window: int) -> int:
+    """At most how many pairs retrieval selects among ``n`` photos (to estimate a retry's cost)."""
+    return min(n * (n - 1) // 2, n * (neighbours + window))
 
 
 def _root_sift(d: np.ndarray) -> np.ndarray:
@@ -90,11 +99,14 @@ def retrieval_pairs(
 
 
 def match_retrieval(
-    db_path: Path, matching: pycolmap.FeatureMatchingOptions, neighbours: int = RETRIEVAL_NEIGHBOURS
+    db_path: Path,
+    matching: pycolmap.FeatureMatchingOptions,
+    neighbours: int = RETRIEVAL_NEIGHBOURS,
+    window: int = RETRIEVAL_WINDOW,
 ) -> int:
     """Match the retrieved pairs (COLMAP's imported-pairs matcher, geometric verification included);
     returns how many pairs were matched."""
-    pairs = retrieval_pairs(db_path, neighbours)
+    pairs = retrieval_pairs(db_path, neighbours, window)
     listing = Path(db_path).with_name("retrieval-pairs.txt")
     listing.write_text("".join(f"{a} {b}\n" for a, b in pairs))
     pairing = pycolmap.ImportedPairingOptions()

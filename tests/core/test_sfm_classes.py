@@ -143,3 +143,28 @@ def test_ladder_record_and_a_truthful_verdict_when_time_runs_out(
     assert [a["name"] for a in result.attempts] == ["planned", "relaxed-init", "more-features", "global"]
     assert result.attempts[0]["outcome"].startswith("rejected: ")
     assert all(a["outcome"].startswith("skipped (time): ") for a in result.attempts[1:])
+
+
+def test_a_set_too_large_for_every_pair_retries_with_wider_retrieval(
+    scene_photos: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above EXHAUSTIVE_RETRY_AT_MOST photos the richer retry retrieves its pairs (every pair would
+    take hours at 100 photos), and still places the set. The limits are lowered so that 12 photos
+    stand for a hundred: retrieval must then pick fewer pairs than all 66."""
+    import sharpml.sfm as sfm
+
+    monkeypatch.setattr(sfm, "EXHAUSTIVE_RETRY_AT_MOST", 6)
+    monkeypatch.setattr(sfm, "RETRY_NEIGHBOURS", 4)
+    monkeypatch.setattr(sfm, "RETRY_WINDOW", 2)
+    job = ingest(select_uploads([scene_photos.photos_dir]).uploads, DataDir(tmp_path)).job
+    opts = SfmOptions(num_threads=2, first_octave="0", max_num_features=64, write_scene=False)
+    result = reconstruct(job, opts)
+    assert result.ok, result.reason
+    first = result.attempts[0]
+    assert first["matcher"] == "exhaustive" and first["pairs"] == 66
+    assert first["outcome"].startswith("rejected: ")
+    richer = next(a for a in result.attempts if a["name"] == "more-features")
+    assert richer["matcher"] == "retrieval" and 12 <= richer["pairs"] < 66, richer
+    assert result.attempt == "more-features" and result.registered == 12
+    accuracy = evaluate_job(job, scene_photos.ground_truth)
+    assert accuracy.mean_error < 0.01, accuracy.summary()

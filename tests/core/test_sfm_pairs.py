@@ -59,3 +59,28 @@ def test_auto_matches_every_pair_of_a_small_set_and_retrieves_above() -> None:
     assert SfmOptions().resolved_matcher(RETRIEVAL_ABOVE) == "exhaustive"
     assert SfmOptions().resolved_matcher(RETRIEVAL_ABOVE + 1) == "retrieval"
     assert SfmOptions(matcher="sequential").resolved_matcher(100) == "sequential"
+
+
+def test_pairs_each_matcher_tries_and_the_retry_estimate() -> None:
+    from sharpml.sfm import EXHAUSTIVE_RETRY_AT_MOST, Pairing, _retry_estimate, _retry_pairing
+    from sharpml.sfm_pairs import RETRY_NEIGHBOURS, RETRY_WINDOW
+
+    assert Pairing("exhaustive").pairs(30, 10) == 435
+    assert Pairing("sequential").pairs(5, 2) == 4 + 3  # the next two of each
+    assert Pairing("sequential").pairs(20, 3) == 19 + 18 + 17 + 16  # +1, +2, +3 and +4 (2^2)
+    assert Pairing("retrieval", 8, 3).pairs(100, 10) == 1100
+    assert Pairing("retrieval", 8, 3).pairs(6, 10) == 15  # never more than every pair
+    assert _retry_pairing(EXHAUSTIVE_RETRY_AT_MOST) == Pairing("exhaustive")
+    assert _retry_pairing(100) == Pairing("retrieval", RETRY_NEIGHBOURS, RETRY_WINDOW)
+    first = {"extract": 10.0, "match": 4.0, "map": 2.0, "pairs": 100}
+    # new features: extraction 4x, matching 4x a pair over the retry's pairs, mapping twice
+    assert _retry_estimate(first, True, 200) == 40.0 + 32.0 + 4.0
+    assert _retry_estimate(first, False, 200) == 4.0  # the same features: mapping again only
+
+
+def test_extraction_keeps_every_thread_busy() -> None:
+    from sharpml.sfm import _extraction_batch
+
+    assert _extraction_batch(12, 2) == 2  # not one photo a call: that left a core idle
+    assert _extraction_batch(100, 2) == 10 and _extraction_batch(100, 4) == 12
+    assert _extraction_batch(5, 1) == 1
