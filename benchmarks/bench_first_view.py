@@ -34,7 +34,7 @@ from sharpml.intake import ingest, select_uploads
 from sharpml.layout import DataDir
 from sharpml.sfm import SfmOptions, reconstruct
 from sharpml.sfm_ladder import keypoints_per_photo
-from sharpml.synthetic import write_dataset
+from sharpml.synthetic import default_scene, write_dataset
 
 CONFIGS = {
     "exhaustive": SfmOptions(matcher="exhaustive"),
@@ -70,6 +70,13 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, help="a folder of photos (default: render --count)")
     parser.add_argument("--count", type=int, default=30)
     parser.add_argument("--supersample", type=int, default=1)
+    parser.add_argument(
+        "--detail",
+        type=float,
+        default=1.0,
+        help="texture detail of the render (3: about as many keypoints as real 12 MP photos)",
+    )
+    parser.add_argument("--render-to", type=Path, help="keep the rendered set here (reuse with --photos)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--configs", nargs="+", default=["exhaustive", "retrieval"], choices=list(CONFIGS))
     parser.add_argument("--save-as", default="first_view", help="results/<name>.json (first_view: README's)")
@@ -80,7 +87,14 @@ def main() -> None:
         photos = args.photos
         if photos is None:
             t0 = time.perf_counter()
-            ds = write_dataset(tmp / "render", args.count, 4032, 3024, supersample=args.supersample)
+            ds = write_dataset(
+                args.render_to or tmp / "render",
+                args.count,
+                4032,
+                3024,
+                supersample=args.supersample,
+                scene=default_scene(detail=args.detail),
+            )
             print(f"rendered {args.count} photos in {time.perf_counter() - t0:.0f} s", flush=True)
             photos = ds.photos_dir
         truth = photos.parent / "ground_truth.json"

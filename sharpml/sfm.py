@@ -325,7 +325,9 @@ def _explain(
     """The user-facing reason and whose fix it is: ``"photos"`` when the photos themselves do not
     overlap or lack texture (a photo that matches no other is something no retry can place), else
     ``"reconstruction"`` — the photos match, SharpML failed — and then no advice to re-shoot. When
-    retries were skipped for time, nobody knows whether they would have worked: never the photos'."""
+    retries were skipped for time, nobody knows whether they would have worked: never the photos'.
+    Above :data:`EXHAUSTIVE_RETRY_AT_MOST` photos "matches no other" means none of the pairs the wide
+    retrieval chose: a photo's 16 most similar photos and its 6 successors."""
     matched = matched_photos(db_path)
     ours = (
         f"after {tried} automatic attempt{'s' if tried != 1 else ''}; this is a limitation of SharpML, "

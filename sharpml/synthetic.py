@@ -79,6 +79,10 @@ class Scene:
 
     boxes: list[Box]
     seed: int
+    #: Texture detail: texels per scene unit, and the largest texture side. The default suits photos
+    #: of up to ~1 000 px; a denser texture gives 12 MP photos the keypoint count of real ones.
+    texels_per_unit: float = _TEXELS_PER_UNIT
+    max_texels: int = 1536
     _textures: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -98,8 +102,8 @@ class Scene:
             extent_u = box.hi[u_axis] - box.lo[u_axis]
             extent_v = box.hi[v_axis] - box.lo[v_axis]
             size = (
-                int(np.clip(extent_u * _TEXELS_PER_UNIT, 64, 1536)),
-                int(np.clip(extent_v * _TEXELS_PER_UNIT, 64, 1536)),
+                int(np.clip(extent_u * self.texels_per_unit, 64, self.max_texels)),
+                int(np.clip(extent_v * self.texels_per_unit, 64, self.max_texels)),
             )
             rng = np.random.default_rng([self.seed, box_index, face])
             self._textures[key] = _make_texture(rng, size)
@@ -136,8 +140,9 @@ def _make_texture(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray
     return np.asarray(img, np.float32)
 
 
-def default_scene(seed: int = 7) -> Scene:
-    """A 12 x 12 ground slab with six boxes of varied size, placed deterministically from ``seed``."""
+def default_scene(seed: int = 7, detail: float = 1.0) -> Scene:
+    """A 12 x 12 ground slab with six boxes of varied size, placed deterministically from ``seed``;
+    ``detail`` multiplies the texture's texels per unit (and its largest side)."""
     rng = np.random.default_rng(seed)
     boxes = [Box((-6.0, -6.0, -0.2), (6.0, 6.0, 0.0))]
     anchors = [(-2.2, -1.8), (1.9, -2.1), (-1.5, 2.0), (2.3, 1.6), (0.2, 0.1), (-3.2, 0.2)]
@@ -146,7 +151,7 @@ def default_scene(seed: int = 7) -> Scene:
         sz = rng.uniform(0.5, 2.4)
         cx, cy = ax + rng.uniform(-0.3, 0.3), ay + rng.uniform(-0.3, 0.3)
         boxes.append(Box((cx - sx / 2, cy - sy / 2, 0.0), (cx + sx / 2, cy + sy / 2, float(sz))))
-    return Scene(boxes=boxes, seed=seed)
+    return Scene(boxes, seed, _TEXELS_PER_UNIT * detail, int(1536 * detail))
 
 
 def street_scene(seed: int = 11, length: float = 60.0) -> Scene:
