@@ -43,6 +43,7 @@ from sharpml.sfm_features import (
     FeaturePlan,
     plan_features,
 )
+from sharpml.sfm_intrinsics import refine_principal_points
 from sharpml.sfm_ladder import (
     GPS_AGREE_FRACTION,
     MIN_COMMON,
@@ -110,6 +111,8 @@ class SfmOptions:
     min_points: int = 300
     max_reprojection_error: float = 2.0
     write_scene: bool = True
+    #: Refine the principal point in a final adjustment when the photos allow it (sharpml.sfm_intrinsics).
+    refine_principal_point: bool = True
     #: Retry with the fallback ladder (sharpml.sfm_ladder) when the first attempt fails the gate.
     retry: bool = True
     #: Seconds the whole stage may take (the job's deadline): retries that would not fit are skipped.
@@ -129,7 +132,12 @@ class SfmOptions:
     def colmap_defaults(cls, **overrides: object) -> SfmOptions:
         """The plain baseline: exhaustive matching and incremental mapping at COLMAP's defaults, once."""
         base = dict(
-            matcher="exhaustive", mapper="incremental", max_image_size=3200, first_octave="-1", retry=False
+            matcher="exhaustive",
+            mapper="incremental",
+            max_image_size=3200,
+            first_octave="-1",
+            retry=False,
+            refine_principal_point=False,
         )
         return cls(**{**base, **overrides})  # type: ignore[arg-type]
 
@@ -703,6 +711,11 @@ def reconstruct(
         best.db.rename(out / "database.db")
     shutil.rmtree(out / "attempts", ignore_errors=True)
     model = best.model
+    if chosen is not None and model is not None and opts.refine_principal_point:
+        progress("map", 1.0, "refining the principal point")
+        model, result.intrinsics = timed("refine", refine_principal_points, model)
+        if result.intrinsics["refined"]:
+            model.write(sparse / str(best.model_id))
     if model is not None:
         result.registered = model.num_reg_images()
         result.points = model.num_points3D()

@@ -36,13 +36,15 @@ _LIGHT = np.array([0.45, -0.3, 0.84]) / np.linalg.norm([0.45, -0.3, 0.84])
 
 @dataclass(frozen=True)
 class Camera:
-    """A pinhole camera: square pixels, principal point at the image centre."""
+    """A pinhole camera: square pixels, principal point at the image centre unless offset (pixels,
+    right and down: real lenses are often tens of pixels off)."""
 
     width: int
     height: int
     focal_px: float
     R: np.ndarray
     t: np.ndarray
+    principal_offset: tuple[float, float] = (0.0, 0.0)
 
     @property
     def center(self) -> np.ndarray:
@@ -62,6 +64,7 @@ class Camera:
             "R": self.R.tolist(),
             "t": self.t.tolist(),
             "center": self.center.tolist(),
+            "principal_offset": list(self.principal_offset),
         }
 
 
@@ -240,7 +243,8 @@ def render(
     w, h = camera.width * s, camera.height * s
     u, v = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     f = camera.focal_px * s
-    d_cam = np.stack([(u + 0.5 - w / 2) / f, (v + 0.5 - h / 2) / f, np.ones_like(u)], -1).reshape(-1, 3)
+    cx, cy = w / 2 + camera.principal_offset[0] * s, h / 2 + camera.principal_offset[1] * s
+    d_cam = np.stack([(u + 0.5 - cx) / f, (v + 0.5 - cy) / f, np.ones_like(u)], -1).reshape(-1, 3)
     d = d_cam @ camera.R.astype(np.float32)  # rows: R.T @ d_cam
     origin = camera.center
     with np.errstate(divide="ignore"):
@@ -459,7 +463,14 @@ def load_ground_truth(path: Path) -> dict[str, Camera]:
     """Cameras by photo name, as written by :func:`write_dataset`."""
     data = json.loads(Path(path).read_text())
     return {
-        name: Camera(c["width"], c["height"], c["focal_px"], np.array(c["R"]), np.array(c["t"]))
+        name: Camera(
+            c["width"],
+            c["height"],
+            c["focal_px"],
+            np.array(c["R"]),
+            np.array(c["t"]),
+            tuple(c.get("principal_offset", (0.0, 0.0))),
+        )
         for name, c in data["cameras"].items()
     }
 

@@ -107,6 +107,9 @@ class SfmResult:
     #: Whose fix a rejection is: "photos" (they do not overlap / lack texture) or "reconstruction"
     #: (the photos match; SharpML failed). None when ok.
     failure: str | None = None
+    #: What the final adjustment did with the principal points (``sharpml.sfm_intrinsics``):
+    #: refined or not and why, each camera's offset from the centre.
+    intrinsics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def registered_fraction(self) -> float:
@@ -126,6 +129,7 @@ class SfmResult:
             or not (result.reason is None or isinstance(result.reason, str))
             or not (error is None or (isinstance(error, int | float) and not isinstance(error, bool)))
             or not isinstance(result.features, dict)
+            or not isinstance(result.intrinsics, dict)
             or not (isinstance(result.attempts, list) and all(isinstance(a, dict) for a in result.attempts))
             or not isinstance(result.attempt, str)
             or result.failure not in (None, "photos", "reconstruction")

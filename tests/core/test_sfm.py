@@ -65,6 +65,9 @@ def test_result_summary_is_written_for_the_operator(reconstructed) -> None:
     assert on_disk["features"]["first_octave"] == -1 and on_disk["features"]["extraction_side"] == 640
     assert [(a["name"], a["outcome"]) for a in on_disk["attempts"]] == [("planned", "accepted")]
     assert on_disk["attempt"] == "planned" and on_disk["failure"] is None
+    # The true principal point is the centre: freeing it gains nothing, so the centre is kept.
+    assert on_disk["intrinsics"]["refined"] is False, on_disk["intrinsics"]
+    assert "refine" in on_disk["timings"]
     assert SfmResult.read(job.sfm_result) == result
 
 
