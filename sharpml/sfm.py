@@ -96,7 +96,8 @@ class SfmOptions:
     #: Longest image side used for feature extraction; 1600 px gave the same pose accuracy as
     #: COLMAP's 3200 on 12 MP photos at a third of the memory (the SharpJob's default too).
     max_image_size: int = PROCESSING_DEFAULTS["maxImageSize"]
-    max_num_features: int = DEFAULT_FEATURES
+    #: Keypoints kept per photo, or None for the budget by size (sharpml.sfm_features).
+    max_num_features: int | None = None
     #: Longest side of the undistorted scene images (``scene/images``), or 0 for the stored photos' size.
     #: Trainers downscale to their own ``maxImageSize`` anyway: undistorting 12 MP photos at full size
     #: only costs time (3x more, measured) and bytes (4.6x more: the scene sent to RunPod).
@@ -136,6 +137,7 @@ class SfmOptions:
             mapper="incremental",
             max_image_size=3200,
             first_octave="-1",
+            max_num_features=DEFAULT_FEATURES,
             retry=False,
             refine_principal_point=False,
         )
@@ -580,7 +582,7 @@ def reconstruct(
     sparse = out / "sparse"
     matcher, mapper = opts.resolved_matcher(n), opts.resolved_mapper()
     plan = plan_features([(img.width, img.height) for img in images], opts.max_image_size, opts.first_octave)
-    if opts.max_num_features != plan.max_num_features:
+    if opts.max_num_features is not None and opts.max_num_features != plan.max_num_features:
         plan = replace(plan, max_num_features=opts.max_num_features)
     ladder = rungs(plan, mapper) if opts.retry else [Rung("planned", plan, mapper)]
     result = SfmResult(
