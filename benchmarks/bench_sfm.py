@@ -14,7 +14,7 @@ default options (exhaustive matching, incremental mapping, 3200 px, first octave
 - ``orbit-1024-N``: the earlier speed rows (``--sizes``), N photos of 1024x768 around the scene;
 - ``real-et``: the real set ``../shared/data/sfm-bundler-et`` (9 photos, 640x480, mm focal length
   only) when present, or any folder given with ``--real`` (no ground truth: no pose error);
-- ``large-N``: a set of large photos given with ``--large DIR`` (``DIR/photos`` and, when present,
+- ``large-DIR``: a set of large photos given with ``--large DIR`` (``DIR/photos`` and, when present,
   ``DIR/ground_truth.json``, as ``sharpml sample-photos`` or ``bench_first_view.py`` render them):
   the 12 MP phone-photo row, where SharpML's size-based choices differ most from COLMAP's.
 
@@ -131,8 +131,7 @@ def main() -> None:
             todo.append((f"real-{args.real.name}", args.real, None))
         for large in args.large:
             truth = large / "ground_truth.json"
-            count = sum(1 for _ in (large / "photos").iterdir())
-            todo.append((f"large-{count}", large / "photos", truth if truth.exists() else None))
+            todo.append((f"large-{large.name}", large / "photos", truth if truth.exists() else None))
         for name in sets:
             t0 = time.perf_counter()
             ds = render(name, tmp / name)

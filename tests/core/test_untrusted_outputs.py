@@ -70,6 +70,7 @@ def test_result_with_wrong_types_is_refused(tmp_path: Path) -> None:
         {"attempts": {"planned": "accepted"}},
         {"attempts": ["accepted"]},
         {"features": [-1]},
+        {"intrinsics": "refined"},
         {"failure": "the user"},
         {"attempt": 2},
     ):
