@@ -614,7 +614,14 @@ def reconstruct(
         new_db = rung.features.key not in dbs
         pairing = Pairing(matcher) if k == 0 else _retry_pairing(n)
         if k > 0:
-            estimate = _retry_estimate(first_stages, new_db, pairing.pairs(n, opts.sequential_overlap))
+            estimate = _retry_estimate(
+                first_stages,
+                new_db,
+                pairing.pairs(n, opts.sequential_overlap),
+                # at most 4x: 4 096 -> 16 384 on large photos (a tiny asked-for budget is no guide)
+                min(4.0, rung.features.max_num_features / plan.max_num_features),
+                timings.get("map", 0.0),
+            )
             if elapsed + estimate > RETRY_SHARE_OF_BUDGET * opts.time_budget_s:
                 record["outcome"] = (
                     f"skipped (time): about {estimate:.0f} s would pass the {opts.time_budget_s:.0f} s budget"
@@ -714,10 +721,14 @@ def reconstruct(
     shutil.rmtree(out / "attempts", ignore_errors=True)
     model = best.model
     if chosen is not None and model is not None and opts.refine_principal_point:
-        progress("map", 1.0, "refining the principal point")
-        model, result.intrinsics = timed("refine", refine_principal_points, model)
-        if result.intrinsics["refined"]:
-            model.write(sparse / str(best.model_id))
+        # A few bundle adjustments, each about the mapper's last: only while the budget leaves room.
+        if time.monotonic() - t_all > RETRY_SHARE_OF_BUDGET * opts.time_budget_s:
+            result.intrinsics = {"refined": False, "why": "skipped (time): the budget is nearly spent"}
+        else:
+            progress("map", 1.0, "refining the principal point")
+            model, result.intrinsics = timed("refine", refine_principal_points, model, opts.num_threads)
+            if result.intrinsics["refined"]:
+                model.write(sparse / str(best.model_id))
     if model is not None:
         result.registered = model.num_reg_images()
         result.points = model.num_points3D()
@@ -760,16 +771,19 @@ def _only_isolated_unplaced(attempts: Sequence[_Attempt], db_path: Path, source_
     return all(matched.get(name, 0) == 0 for name in unplaced)
 
 
-def _retry_estimate(first: dict[str, float], new_db: bool, pairs: int) -> float:
-    """Seconds a retry should take, from the planned attempt's stages. New features: extraction 4x
-    (upsampled extraction took 3-4x as long as native on the real set), matching 4x a pair (twice
-    the keypoints) times the pairs it adds, mapping twice; the same features: mapping twice (a
-    global check), nothing else."""
-    mapping = 2.0 * first.get("map", 0.0)
+def _retry_estimate(
+    first: dict[str, float], new_db: bool, pairs: int, feature_ratio: float, mapped: float
+) -> float:
+    """Seconds a retry should take, from the planned attempt's stages. New features (``feature_ratio``
+    times the budget): extraction 4x (upsampled extraction took 3-4x as long as native on the real
+    set), matching the ratio squared a pair (every keypoint against every other) times its pairs,
+    mapping twice per ratio; the same features: twice all mapping so far (a global check on the
+    richest features costs more than the first mapping)."""
     if not new_db:
-        return mapping
+        return 2.0 * mapped
     per_pair = first.get("match", 0.0) / max(first.get("pairs", 1), 1)
-    return 4.0 * first.get("extract", 0.0) + 4.0 * per_pair * pairs + mapping
+    matching = per_pair * pairs * feature_ratio**2
+    return 4.0 * first.get("extract", 0.0) + matching + 2.0 * feature_ratio * first.get("map", 0.0)
 
 
 def _retry_progress(progress: ProgressHook, k: int, total: int, name: str) -> ProgressHook:

@@ -164,7 +164,7 @@ def test_a_set_too_large_for_every_pair_retries_with_wider_retrieval(
     first = result.attempts[0]
     assert first["matcher"] == "exhaustive" and first["pairs"] == 66
     assert first["outcome"].startswith("rejected: ")
-    richer = next(a for a in result.attempts if a["name"] == "more-features")
+    (richer,) = [a for a in result.attempts if a["name"] == "more-features"]
     assert richer["matcher"] == "retrieval" and 12 <= richer["pairs"] < 66, richer
     assert result.attempt == "more-features" and result.registered == 12
     accuracy = evaluate_job(job, scene_photos.ground_truth)

@@ -73,9 +73,11 @@ def test_pairs_each_matcher_tries_and_the_retry_estimate() -> None:
     assert _retry_pairing(EXHAUSTIVE_RETRY_AT_MOST) == Pairing("exhaustive")
     assert _retry_pairing(100) == Pairing("retrieval", RETRY_NEIGHBOURS, RETRY_WINDOW)
     first = {"extract": 10.0, "match": 4.0, "map": 2.0, "pairs": 100}
-    # new features: extraction 4x, matching 4x a pair over the retry's pairs, mapping twice
-    assert _retry_estimate(first, True, 200) == 40.0 + 32.0 + 4.0
-    assert _retry_estimate(first, False, 200) == 4.0  # the same features: mapping again only
+    # twice the features: extraction 4x, matching 4x a pair over the retry's pairs, mapping 2x twice
+    assert _retry_estimate(first, True, 200, 2.0, 2.0) == 40.0 + 32.0 + 8.0
+    # 4 096 -> 16 384 (a 12 MP photo's richer retry): matching 16x a pair
+    assert _retry_estimate(first, True, 100, 4.0, 2.0) == 40.0 + 64.0 + 16.0
+    assert _retry_estimate(first, False, 200, 1.0, 7.0) == 14.0  # the same features: all mapping so far, 2x
 
 
 def test_extraction_keeps_every_thread_busy() -> None:
