@@ -6,7 +6,8 @@ at the centre turns that into a rotation common to every camera: 0.48 degrees on
 true principal point is 23 px off centre (issue 14). So once a model has passed the gate, one bundle
 adjustment refines the principal points with everything else, and the result is kept only when it is
 believable: every camera has enough photos to constrain it, no principal point wanders implausibly far
-from the centre (that is a degenerate solve, not a lens), and the reprojection error does not rise.
+from the centre (that is a degenerate solve, not a lens), and the reprojection error falls by
+MIN_GAIN, each coordinate kept off centre earning its share of that fall.
 Otherwise the model stays as the mapper left it; either way ``result.json`` says what happened.
 It runs only while the job's time budget leaves room (:func:`sharpml.sfm.reconstruct`).
 """
